@@ -1,0 +1,34 @@
+"""The ASGI application: Django for HTTP (with the admin's static files), Channels for websockets."""
+
+import os
+import sys
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coderd.settings")
+
+from coderd.env import EnvError
+
+try:
+    from django.core.asgi import get_asgi_application
+
+    django_asgi_app = get_asgi_application()
+except EnvError as exc:
+    print(f"coderd: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+from channels.routing import ProtocolTypeRouter, URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+from coderd.routing import websocket_urlpatterns
+from metrics.asgi import MetricsWebsocketMiddleware
+
+application = ProtocolTypeRouter(
+    {
+        # Static files (the admin's styles) are served here, with DEBUG off too, so that
+        # `manage.py server` and gunicorn need no web server in front.
+        "http": ASGIStaticFilesHandler(django_asgi_app),
+        "websocket": MetricsWebsocketMiddleware(
+            AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns))
+        ),
+    }
+)

@@ -1,0 +1,200 @@
+"""coderd settings: every value from a CODER_* environment variable, read by a typed helper.
+
+Embedded defaults serve one machine: SQLite in the data folder, the in-memory channel layer,
+in-process provisioner daemons. CODER_PG_CONNECTION_URL and CODER_REDIS_URL move past one machine.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from coderd.env import (
+    EnvError,
+    env_address,
+    env_bool,
+    env_duration,
+    env_int,
+    env_str,
+    parse_postgres_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    if xdg:
+        return Path(xdg) / "coderd"
+    home = Path.home()
+    if home.is_dir() and os.access(home, os.W_OK):
+        return home / ".local" / "share" / "coderd"
+    return BASE_DIR / "data"
+
+
+DATA_DIR = Path(env_str("CODER_DATA_DIR", str(_default_data_dir()))).expanduser()
+try:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+except OSError as exc:
+    raise EnvError(f"CODER_DATA_DIR={str(DATA_DIR)!r} cannot be created: {exc.strerror}") from None
+
+
+def _secret_key() -> str:
+    given = os.environ.get("CODER_SECRET_KEY")
+    if given:
+        return given
+    # Generated once and kept beside the database, so sessions survive a restart.
+    path = DATA_DIR / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        key = secrets.token_urlsafe(50)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
+        return key
+    except FileExistsError:  # another process won the race
+        return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("CODER_DEBUG", False)
+
+HTTP_ADDRESS = env_address("CODER_HTTP_ADDRESS", "127.0.0.1:3000")
+ACCESS_URL = env_str("CODER_ACCESS_URL", "")
+_hosts = ["localhost", "127.0.0.1", "[::1]", "::1"]
+if ACCESS_URL:
+    from urllib.parse import urlsplit
+
+    _hosts.append(urlsplit(ACCESS_URL).hostname or "")
+_hosts += [h.strip() for h in env_str("CODER_ALLOWED_HOSTS", "").split(",") if h.strip()]
+ALLOWED_HOSTS = [h for h in _hosts if h]
+
+# API keys: how long a session from login lives, and how often last_used is written.
+SESSION_DURATION = env_duration("CODER_SESSION_DURATION", "24h")
+MAX_TOKEN_LIFETIME = env_duration("CODER_MAX_TOKEN_LIFETIME", "720h")
+API_KEY_LAST_USED_WRITE_INTERVAL = 60.0
+
+INSTALLED_APPS = [
+    "daphne",  # first, so that runserver serves websockets
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "coderd.users",
+    "coderd.workspaces",
+    "provisioner",
+    "metrics",
+]
+
+MIDDLEWARE = [
+    "metrics.middleware.PrometheusMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "coderd.urls"
+ASGI_APPLICATION = "coderd.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+PG_CONNECTION_URL = env_str("CODER_PG_CONNECTION_URL", "")
+if PG_CONNECTION_URL:
+    DATABASES = {"default": parse_postgres_url(PG_CONNECTION_URL)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "coderd.sqlite3",
+            # WAL lets daemons write while the API reads; a busy writer waits instead of failing.
+            "OPTIONS": {
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "users.User"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 6}},
+]
+
+REDIS_URL = env_str("CODER_REDIS_URL", "")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# Provisioner daemons.
+PROVISIONER_DAEMONS = env_int("CODER_PROVISIONER_DAEMONS", 3, minimum=0)
+PROVISIONER_DAEMON_PSK = env_str("CODER_PROVISIONER_DAEMON_PSK", "")
+
+# Metrics.
+PROMETHEUS_ENABLE = env_bool("CODER_PROMETHEUS_ENABLE", False)
+PROMETHEUS_ADDRESS = env_address("CODER_PROMETHEUS_ADDRESS", "127.0.0.1:2112")
+PROMETHEUS_LEGACY_METRICS = env_bool("CODER_PROMETHEUS_LEGACY_METRICS", True)
+PROMETHEUS_REFRESH_INTERVAL = env_duration("CODER_PROMETHEUS_REFRESH_INTERVAL", "60s")
+
+# A request body larger than this is refused with 413.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False
+
+LOG_LEVEL = env_str("CODER_LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+    raise EnvError(f"CODER_LOG_LEVEL={LOG_LEVEL!r} is not one of debug, info, warning, error")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "line"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+        "uvicorn.access": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class WorkspacesConfig(AppConfig):
+    name = "coderd.workspaces"
+    label = "workspaces"
+    verbose_name = "Templates and workspaces"

@@ -1,0 +1,121 @@
+"""Templates, their versions, workspaces and workspace builds."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Lower
+
+
+class Template(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey("users.Organization", on_delete=models.CASCADE, related_name="templates")
+    name = models.CharField(max_length=64)
+    display_name = models.CharField(max_length=128, blank=True)
+    description = models.TextField(blank=True)
+    provisioner = models.CharField(max_length=16)
+    active_version = models.ForeignKey(
+        "TemplateVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    created_by = models.ForeignKey("users.User", on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    deleted = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                "organization", Lower("name"), condition=Q(deleted=False), name="template_name_unique_live"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TemplateVersion(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey("users.Organization", on_delete=models.CASCADE, related_name="+")
+    template = models.ForeignKey(
+        Template, on_delete=models.CASCADE, null=True, blank=True, related_name="versions"
+    )
+    name = models.CharField(max_length=64)
+    message = models.TextField(blank=True)
+    provisioner = models.CharField(max_length=16)
+    # echo: {"start": {"duration_ms", "logs", "fail"}, ...}; shell: {"start": "#!/bin/sh ...", ...}
+    source = models.JSONField(default=dict)
+    job = models.OneToOneField(
+        "provisioner.ProvisionerJob", on_delete=models.PROTECT, related_name="template_version"
+    )
+    created_by = models.ForeignKey("users.User", on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Workspace(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey("users.User", on_delete=models.CASCADE, related_name="workspaces")
+    organization = models.ForeignKey(
+        "users.Organization", on_delete=models.CASCADE, related_name="workspaces"
+    )
+    template = models.ForeignKey(Template, on_delete=models.PROTECT, related_name="workspaces")
+    name = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    deleted = models.BooleanField(default=False)
+    # Denormalised so that lists and the latest-build gauge need no "max(build_number)" subquery.
+    latest_build = models.OneToOneField(
+        "WorkspaceBuild", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["owner_id", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                "owner", Lower("name"), condition=Q(deleted=False), name="workspace_name_unique_per_owner"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["deleted", "template"]),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Transition(models.TextChoices):
+    START = "start", "start"
+    STOP = "stop", "stop"
+    DELETE = "delete", "delete"
+
+
+class WorkspaceBuild(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="builds")
+    build_number = models.PositiveIntegerField()
+    transition = models.CharField(max_length=8, choices=Transition.choices)
+    initiator = models.ForeignKey("users.User", on_delete=models.SET_NULL, null=True, related_name="+")
+    template_version = models.ForeignKey(TemplateVersion, on_delete=models.PROTECT, related_name="builds")
+    job = models.OneToOneField(
+        "provisioner.ProvisionerJob", on_delete=models.PROTECT, related_name="workspace_build"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["workspace_id", "-build_number"]
+        constraints = [
+            models.UniqueConstraint(fields=["workspace", "build_number"], name="build_number_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workspace} #{self.build_number} {self.transition}"
