@@ -1,0 +1,1 @@
+"""Shared pytest fixtures (named people, API clients). Registered by tests/conftest.py."""
