@@ -85,6 +85,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "coderd",
     "coderd.users",
     "coderd.workspaces",
     "provisioner",
