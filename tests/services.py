@@ -1,0 +1,453 @@
+"""Real services for tests: PostgreSQL, Redis, Prometheus and our own servers, on loopback.
+
+Every service is started on a free port chosen at run time and stopped by its PID. When the
+environment names a running service (`CODER_TEST_PG_URL`, `CODER_TEST_REDIS_URL`, as `.ci/run` does),
+the fixtures use it instead of starting their own. A test that needs a missing service fails when
+`CI` is true and is skipped otherwise (a developer without PostgreSQL can still run the rest).
+
+Registered as a pytest plugin by tests/conftest.py. Fixtures: `pg_server`, `pg_url`, `pg_database`,
+`redis_url`, `prometheus_bin`, `promtool_bin`. Helpers for tests that start servers: `free_port`,
+`ServerProcess`, `Prometheus`, `wait_for`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PG_BIN = Path(os.environ.get("CODER_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+T = TypeVar("T")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def missing(what: str) -> NoReturn:
+    """A needed service is not there: fail in CI (it must be there), skip on a developer's machine."""
+    if in_ci():
+        pytest.fail(f"{what} is required when CI=true", pytrace=False)
+    pytest.skip(f"{what} is not available here")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the kernel picks it; the caller binds it soon after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `check` until it returns something truthy (returned) or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as exc:  # the service is not up yet: keep polling
+            last_error = exc
+        if time.monotonic() > deadline:
+            detail = f" (last error: {last_error!r})" if last_error else ""
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def tcp_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+def http_get(
+    url: str, headers: Mapping[str, str] | None = None, timeout: float = 10
+) -> tuple[int, dict[str, str], bytes]:
+    """GET a URL: (status, headers, body); HTTP errors are answers too, not exceptions."""
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def stop_pid(pid: int, timeout: float = 10, sig: int = signal.SIGTERM) -> None:
+    """Stop one process by its PID and its children found beforehand; SIGKILL whatever lingers."""
+    try:
+        proc = psutil.Process(pid)
+        children = proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc.send_signal(sig)
+    _, alive = psutil.wait_procs([proc], timeout=timeout)
+    for p in alive + children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                p.kill()
+    psutil.wait_procs(alive + children, timeout=5)
+
+
+class ServerProcess:
+    """A server we start as a subprocess (gunicorn, `manage.py server`, prometheus), logged to a file."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path = REPO,
+        name: str = "server",
+    ) -> None:
+        self.argv = argv
+        self.name = name
+        self.log_path = Path(tempfile.mkstemp(prefix=f"coderd-{name}-", suffix=".log")[1])
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        with open(self.log_path, "wb") as log:
+            self.popen = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def check_alive(self) -> None:
+        if self.popen.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.log()[-4000:]}")
+
+    def wait_http(self, url: str, timeout: float = 30, headers: Mapping[str, str] | None = None) -> None:
+        """Wait until `url` answers (any status), failing at once if the process dies."""
+
+        def answered() -> bool:
+            self.check_alive()
+            try:
+                http_get(url, headers, timeout=2)
+            except (OSError, urllib.error.URLError):
+                return False
+            return True
+
+        try:
+            wait_for(answered, timeout, f"{self.name} at {url}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self.log()[-4000:]}") from None
+
+    def stop(self, timeout: float = 15) -> int | None:
+        stop_pid(self.pid, timeout)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=5)
+        return self.popen.returncode
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+class Postgres:
+    """A PostgreSQL server: ours (initdb in a temp dir, stopped by PID) or one named by a URL."""
+
+    def __init__(self, admin_url: str, owned_dir: Path | None = None) -> None:
+        self.admin_url = admin_url
+        self.owned_dir = owned_dir
+
+    @classmethod
+    def available(cls) -> bool:
+        return (PG_BIN / "initdb").exists() and (os.geteuid() != 0 or shutil.which("runuser") is not None)
+
+    @classmethod
+    def start(cls) -> Postgres:
+        root = Path(tempfile.mkdtemp(prefix="coderd-pg-"))
+        as_user: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses root
+            shutil.chown(root, "postgres", "postgres")
+            as_user = ["runuser", "-u", "postgres", "--"]
+        subprocess.run(
+            [*as_user, str(PG_BIN / "initdb"), "-D", str(root / "data"), "-U", "postgres", "-A", "trust"]
+            + ["-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
+            check=True,
+            capture_output=True,
+        )
+        for _attempt in range(5):  # another process may take the port between choice and bind
+            port = free_port()
+            options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
+            options += " -c full_page_writes=off -c synchronous_commit=off -c max_connections=300"
+            started = subprocess.run(
+                [*as_user, str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "log")]
+                + ["-w", "-t", "30", "-o", options, "start"],
+                capture_output=True,
+            )
+            if started.returncode == 0:
+                return cls(f"postgres://postgres@127.0.0.1:{port}/postgres", owned_dir=root)
+        raise RuntimeError(f"PostgreSQL did not start: {(root / 'log').read_text(errors='replace')[-2000:]}")
+
+    def url(self, database: str) -> str:
+        parts = urllib.parse.urlsplit(self.admin_url)
+        return urllib.parse.urlunsplit(parts._replace(path=f"/{database}"))
+
+    def execute(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(sql)
+
+    def create_database(self, prefix: str = "coderd") -> str:
+        """A new empty database; returns its URL."""
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        self.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def drop_database(self, url: str) -> None:
+        name = urllib.parse.urlsplit(url).path.lstrip("/")
+        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def stop(self) -> None:
+        if self.owned_dir is None:
+            return
+        pid_file = self.owned_dir / "data" / "postmaster.pid"
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            pid = int(pid_file.read_text().split()[0])
+            # SIGINT is PostgreSQL's fast shutdown; the postmaster removes its PID file when done.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
+            with contextlib.suppress(TimeoutError):
+                wait_for(lambda: not pid_file.exists(), 15, "PostgreSQL to stop")
+            if pid_file.exists():
+                stop_pid(pid, timeout=1, sig=signal.SIGKILL)
+        shutil.rmtree(self.owned_dir, ignore_errors=True)
+
+
+# --- Redis -----------------------------------------------------------------------------------
+
+
+class Redis:
+    """A redis-server on a free port, stopped by PID."""
+
+    def __init__(self, url: str, process: ServerProcess | None = None, owned_dir: Path | None = None):
+        self.url = url
+        self.process = process
+        self.owned_dir = owned_dir
+
+    @staticmethod
+    def ping(url: str) -> bool:
+        parts = urllib.parse.urlsplit(url)
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+
+    @classmethod
+    def start(cls) -> Redis:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server")
+        root = Path(tempfile.mkdtemp(prefix="coderd-redis-"))
+        for _attempt in range(5):
+            port = free_port()
+            argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(root)]
+            argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+            process = ServerProcess(argv, name="redis", cwd=root)
+            url = f"redis://127.0.0.1:{port}/0"
+            try:
+                wait_for(lambda: process.check_alive() or cls.ping(url), 10, "redis-server")  # noqa: B023
+            except (RuntimeError, TimeoutError):
+                process.stop()
+                continue
+            return cls(url, process, root)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+        if self.owned_dir is not None:
+            shutil.rmtree(self.owned_dir, ignore_errors=True)
+
+
+# --- Prometheus ------------------------------------------------------------------------------
+
+
+class Prometheus:
+    """A real Prometheus server scraping `targets` ("host:port") every second, stopped by PID."""
+
+    def __init__(self, binary: str, targets: list[str], scrape_interval: str = "1s") -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="coderd-prometheus-"))
+        config = self.root / "prometheus.yml"
+        config.write_text(
+            "global:\n"
+            f"  scrape_interval: {scrape_interval}\n"
+            f"  evaluation_interval: {scrape_interval}\n"
+            "scrape_configs:\n"
+            "  - job_name: coderd\n"
+            "    static_configs:\n"
+            f"      - targets: {json.dumps(targets)}\n"
+        )
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.process = ServerProcess(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={self.root / 'data'}"]
+            + [f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+            name="prometheus",
+            cwd=self.root,
+        )
+        self.process.wait_http(f"{self.base}/-/ready", timeout=30)
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant PromQL query: the result vector."""
+        status, _, body = http_get(f"{self.base}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+        payload = json.loads(body)
+        if status != 200 or payload.get("status") != "success":
+            raise AssertionError(f"query {expr!r} failed: {status} {body[:500]!r}")
+        return payload["data"]["result"]
+
+    def wait_value(self, expr: str, expected: float, timeout: float = 30) -> float:
+        """Poll a query until its single value equals `expected` (a first sample takes ~5 s)."""
+        seen: list[Any] = []
+
+        def matches() -> bool:
+            result = self.query(expr)
+            seen[:] = result
+            return len(result) == 1 and float(result[0]["value"][1]) == expected
+
+        try:
+            wait_for(matches, timeout, f"{expr} == {expected}", interval=0.5)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; last result: {seen}") from None
+        return expected
+
+    def stop(self) -> None:
+        self.process.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# --- pytest fixtures -------------------------------------------------------------------------
+
+
+def _worker_id(config: pytest.Config) -> str:
+    return getattr(config, "workerinput", {}).get("workerid", "main")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the suite's PostgreSQL/Redis to this process.
+
+    When the whole suite runs on PostgreSQL and Redis (`.ci/run`'s second pass), the settings have
+    already read CODER_PG_CONNECTION_URL and CODER_REDIS_URL; servers that tests start as subprocesses
+    must not inherit them (they would share one database across tests), so they get the embedded
+    defaults unless a test passes those variables itself. Channel-layer names get a per-xdist-worker
+    prefix so that workers sharing one Redis never see each other's groups.
+    """
+    try:
+        from django.conf import settings
+
+        settings.DATABASES  # noqa: B018 (make sure the settings have read the environment)
+    except Exception:
+        return
+    os.environ.pop("CODER_PG_CONNECTION_URL", None)
+    os.environ.pop("CODER_REDIS_URL", None)
+    layer = settings.CHANNEL_LAYERS.get("default", {})
+    if layer.get("BACKEND", "").startswith("channels_redis"):
+        prefix = f"asgi-{_worker_id(config)}-{os.getpid()}"
+        layer.setdefault("CONFIG", {})["prefix"] = prefix
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Postgres]:
+    """The PostgreSQL server of this test session (the one named by CODER_TEST_PG_URL, or our own)."""
+    given = os.environ.get("CODER_TEST_PG_URL")
+    if given:
+        yield Postgres(given)
+        return
+    if not Postgres.available():
+        missing(f"PostgreSQL ({PG_BIN}/initdb)")
+    server = Postgres.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server: Postgres) -> Iterator[str]:
+    """A fresh, empty database for this session (each xdist worker has its own)."""
+    url = pg_server.create_database("coderd_session")
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture
+def pg_database(pg_server: Postgres) -> Iterator[Callable[[], str]]:
+    """A factory of fresh, empty databases, each dropped after the test."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(pg_server.create_database())
+        return made[-1]
+
+    yield make
+    for url in made:
+        pg_server.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The Redis of this test session (CODER_TEST_REDIS_URL, or our own redis-server)."""
+    given = os.environ.get("CODER_TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    if shutil.which("redis-server") is None:
+        missing("redis-server")
+    server = Redis.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus_bin() -> str:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        missing("prometheus")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def promtool_bin() -> str:
+    binary = shutil.which("promtool")
+    if binary is None:
+        missing("promtool")
+    return binary
+
+
+if __name__ == "__main__":  # a quick manual check: start everything, print URLs, stop
+    pg, redis = Postgres.start(), Redis.start()
+    try:
+        print(pg.admin_url, redis.url, file=sys.stderr)
+    finally:
+        redis.stop()
+        pg.stop()
