@@ -1,0 +1,356 @@
+"""`manage.py server`: coderd's `coder server`. Migrates, starts the daemons and serves HTTP and websockets.
+
+Every flag has a CODER_* variable; the variables are read once by settings.py and a flag given on the
+command line overrides its variable's value in `django.conf.settings` before anything starts, so the
+rest of coderd reads one place. Start-up logs only where it serves and the data folder; SIGTERM or
+SIGINT stops the listener, lets in-process daemons finish their jobs, and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import logging
+import re
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandParser
+
+from coderd.env import EnvError, parse_address, parse_bool, parse_duration, parse_int
+
+logger = logging.getLogger("coderd.server")
+
+# Open websockets (log followers, watchers) are asked to close on shutdown; past this they are cut.
+GRACEFUL_HTTP_SECONDS = 5.0
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _access_url(value: str, name: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise EnvError(f"{name}={value!r} is not an http(s) URL (e.g. https://coder.example.com)")
+    return value.strip().rstrip("/")
+
+
+def _log_level(value: str, name: str) -> str:
+    if value.strip().lower() not in LOG_LEVELS:
+        raise EnvError(f"{name}={value!r} is not one of {', '.join(LOG_LEVELS)}")
+    return value.strip().upper()
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line flag, the CODER_* variable it overrides and the setting both end up in."""
+
+    name: str
+    env: str
+    setting: str
+    default: str
+    parse: Callable[[str, str], Any]
+    help: str
+    metavar: str = "VALUE"
+    boolean: bool = False
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("--http-address", "CODER_HTTP_ADDRESS", "HTTP_ADDRESS", "127.0.0.1:3000", parse_address,
+         "Address to serve the API, the admin and websockets on (host:port; port 0 picks a free one).",
+         "HOST:PORT"),
+    Flag("--access-url", "CODER_ACCESS_URL", "ACCESS_URL", "http://<http-address>", _access_url,
+         "External URL people and external daemons reach coderd at; its host is an allowed host.",
+         "URL"),
+    Flag("--provisioner-daemons", "CODER_PROVISIONER_DAEMONS", "PROVISIONER_DAEMONS", "3",
+         lambda v, n: parse_int(v, n, minimum=0),
+         "Number of provisioner daemons run inside the server (0: only external daemons run jobs).",
+         "N"),
+    Flag("--prometheus-enable", "CODER_PROMETHEUS_ENABLE", "PROMETHEUS_ENABLE", "false", parse_bool,
+         "Serve Prometheus metrics on --prometheus-address (and /metrics for owners and auditors).",
+         "BOOL", boolean=True),
+    Flag("--prometheus-address", "CODER_PROMETHEUS_ADDRESS", "PROMETHEUS_ADDRESS", "127.0.0.1:2112",
+         parse_address, "Address of the unauthenticated metrics listener.", "HOST:PORT"),
+    Flag("--prometheus-legacy-metrics", "CODER_PROMETHEUS_LEGACY_METRICS", "PROMETHEUS_LEGACY_METRICS",
+         "true", parse_bool,
+         "Also export the 2022 names (the _ms histograms, coderd_api_workspace_latest_build_total).",
+         "BOOL", boolean=True),
+    Flag("--prometheus-refresh-interval", "CODER_PROMETHEUS_REFRESH_INTERVAL",
+         "PROMETHEUS_REFRESH_INTERVAL", "60s", parse_duration,
+         "How often the database-derived gauges are recounted (a duration: 1s, 30s, 5m).", "DURATION"),
+    Flag("--session-duration", "CODER_SESSION_DURATION", "SESSION_DURATION", "24h", parse_duration,
+         "How long a session token from login lives.", "DURATION"),
+    Flag("--max-token-lifetime", "CODER_MAX_TOKEN_LIFETIME", "MAX_TOKEN_LIFETIME", "720h",
+         parse_duration, "The longest lifetime an API token may be given.", "DURATION"),
+    Flag("--log-level", "CODER_LOG_LEVEL", "LOG_LEVEL", "info", _log_level,
+         "Lowest level of log line printed: debug, info, warning or error.", "LEVEL"),
+)  # fmt: skip
+
+
+class OneLineParser(CommandParser):
+    """A bad flag is one line naming it and exit code 2, not argparse's usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if self.called_from_command_line:
+            # "argument --x: --x='y' is not ..." says the flag's name twice: keep the second.
+            message = re.sub(r"^argument (\S+): (?=\1=)", "", message)
+            self.exit(2, f"{self.prog}: {message}\n")
+        super().error(message)
+
+
+class _Once(argparse.Action):
+    """Stores a flag's value, refusing the flag a second time (which value would win is a guess)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        given = namespace.__dict__.setdefault("_given", set())
+        if self.dest in given:
+            parser.error(f"{option_string} given twice")
+        given.add(self.dest)
+        setattr(namespace, self.dest, values)
+
+
+def _argparse_type(flag: Flag) -> Callable[[str], Any]:
+    def convert(value: str) -> Any:
+        try:
+            return flag.parse(value, flag.name)
+        except EnvError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+class _Server:
+    """uvicorn's Server, minus its signal handling: the command owns SIGTERM and SIGINT."""
+
+    def __init__(self, config: Any) -> None:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                # uvicorn re-raises the signal after stopping, which would end the process with
+                # -SIGTERM before the daemons are stopped; the command's handlers set the flags.
+                yield
+
+        self.server = Server(config)
+
+    def stop(self, force: bool = False) -> None:
+        self.server.should_exit = True
+        if force:
+            self.server.force_exit = True
+
+
+class Command(BaseCommand):
+    help = (
+        "Start coderd: migrate the database, start the in-process provisioner daemons (and the "
+        "metrics listener when enabled) and serve the API, the admin and websockets. Each flag "
+        "overrides its CODER_* environment variable. Set only by variable: CODER_DATA_DIR (data "
+        "folder), CODER_PG_CONNECTION_URL (PostgreSQL instead of SQLite), CODER_REDIS_URL, "
+        "CODER_SECRET_KEY, CODER_PROVISIONER_DAEMON_PSK, CODER_ALLOWED_HOSTS, CODER_DEBUG."
+    )
+    requires_system_checks: list[str] = []  # run in handle(), after the flags are applied
+    requires_migrations_checks = False
+    suppressed_base_arguments = {
+        "--version", "-v", "--verbosity", "--settings", "--pythonpath", "--traceback",
+        "--no-color", "--force-color",
+    }  # fmt: skip
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        parser.__class__ = OneLineParser
+        parser.allow_abbrev = False  # `--http` must not quietly mean `--http-address`
+        return parser
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        for flag in FLAGS:
+            extra: dict[str, Any] = {"nargs": "?", "const": True} if flag.boolean else {}
+            parser.add_argument(
+                flag.name,
+                action=_Once,
+                type=_argparse_type(flag),
+                default=None,
+                metavar=flag.metavar,
+                help=f"{flag.help} [env {flag.env}, default {flag.default}]",
+                **extra,
+            )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self._apply_flags(options)
+        logging.getLogger().setLevel(settings.LOG_LEVEL)
+        # uvicorn's own start and stop lines repeat ours; keep its warnings and errors.
+        if settings.LOG_LEVEL != "DEBUG":
+            logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+        self._run_checks()
+
+        sock = _bind(settings.HTTP_ADDRESS)
+        stop = _StopFlag()
+        with stop.installed():
+            call_command("migrate", interactive=False, verbosity=0)
+            http_url = _http_url(sock)
+            stop_metrics, observer = _start_metrics(options)
+            try:
+                daemons = _start_daemons(settings.PROVISIONER_DAEMONS, observer)
+                try:
+                    self._announce(sock, http_url)
+                    if not stop.requested:
+                        self._serve(sock, stop)
+                finally:
+                    if daemons is not None:
+                        logger.info("stopping %d provisioner daemon(s)", settings.PROVISIONER_DAEMONS)
+                        daemons.shutdown(graceful=not stop.forced)
+            finally:
+                stop_metrics()
+        logger.info("stopped")
+
+    def _apply_flags(self, options: dict[str, Any]) -> None:
+        for flag in FLAGS:
+            value = options.get(flag.name[2:].replace("-", "_"))
+            if value is not None:
+                setattr(settings, flag.setting, value)
+        if settings.ACCESS_URL:
+            host = urlsplit(settings.ACCESS_URL).hostname
+            if host and host not in settings.ALLOWED_HOSTS:
+                settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, host]
+
+    def _run_checks(self) -> None:
+        """System checks as log lines: warnings are printed, errors stop start-up with exit 2."""
+        from django.core import checks
+
+        problems = [p for p in checks.run_checks() if not p.is_silenced()]
+        for p in problems:
+            hint = f" Hint: {p.hint}" if p.hint else ""
+            level = logging.ERROR if p.is_serious() else logging.WARNING
+            logger.log(level, "%s: %s%s", p.id, p.msg, hint)
+        if any(p.is_serious() for p in problems):
+            sys.exit(2)
+
+    def _announce(self, sock: socket.socket, http_url: str) -> None:
+        from coderd.users.models import User
+
+        logger.info("data folder %s", settings.DATA_DIR)
+        logger.info("serving HTTP on %s", http_url)
+        if settings.ACCESS_URL:
+            logger.info("access URL %s", settings.ACCESS_URL)
+        if settings.PROMETHEUS_ENABLE:
+            host, port = settings.PROMETHEUS_ADDRESS
+            logger.info("serving metrics on http://%s/metrics", _host_port(host, port))
+        if not User.objects.exists():
+            base = settings.ACCESS_URL or http_url
+            logger.info(
+                "no user yet: create the first one (an owner) with: curl -X POST %s/api/v2/users/first "
+                "-H 'Content-Type: application/json' -d "
+                '\'{"email": "admin@example.com", "username": "admin", "password": "<password>"}\'',
+                base,
+            )
+
+    def _serve(self, sock: socket.socket, stop: _StopFlag) -> None:
+        import uvicorn
+
+        from coderd.asgi import application
+
+        config = uvicorn.Config(
+            application,
+            lifespan="off",
+            log_config=None,  # Django's LOGGING already formats every line
+            access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_HTTP_SECONDS,
+        )
+        server = _Server(config)
+        stop.server = server
+        asyncio.run(server.server.serve(sockets=[sock]))
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag (and stop uvicorn's loop); a second one skips the graceful wait."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.forced = False
+        self.server: _Server | None = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            self.forced = True
+        else:
+            logger.info("received %s, stopping", signal.Signals(signum).name)
+        self.requested = True
+        if self.server is not None:
+            self.server.stop(force=self.forced)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _http_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    if host in {"0.0.0.0", "::"}:
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    return f"http://{_host_port(host, port)}"
+
+
+def _bind(address: tuple[str, int]) -> socket.socket:
+    """Bind the HTTP socket here, so a port in use is one clear line (and port 0 can be reported)."""
+    host, port = address
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        sys.stderr.write(
+            f"coderd server: cannot listen on {_host_port(host, port)} "
+            f"(--http-address / CODER_HTTP_ADDRESS): {reason}\n"
+        )
+        sys.exit(1)
+    sock.set_inheritable(True)
+    return sock
+
+
+# --- Integration points: the metrics and provisioner apps plug in here, and only here. ---
+
+
+def _start_metrics(options: dict[str, Any]) -> tuple[Callable[[], None], Any]:
+    """Start the metrics listener and refresher when enabled; returns (stop, job observer or None)."""
+    if not settings.PROMETHEUS_ENABLE:
+        return (lambda: None), None
+    try:
+        from metrics.serving import start_metrics
+    except ImportError:
+        sys.stderr.write("coderd server: metrics are enabled but metrics.serving is not available\n")
+        sys.exit(1)
+    return start_metrics()
+
+
+def _start_daemons(count: int, observer: Any) -> Any:
+    """In-process provisioner daemons (threads); None when there are none to run."""
+    if count == 0:
+        return None
+    try:
+        from provisioner.daemon import start_in_process
+    except ImportError:
+        sys.stderr.write(
+            "coderd server: in-process provisioner daemons are not available "
+            "(use --provisioner-daemons 0 and external daemons)\n"
+        )
+        sys.exit(1)
+    return start_in_process(count, observer=observer)
