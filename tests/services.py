@@ -193,6 +193,7 @@ class Postgres:
             + ["-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
             check=True,
             capture_output=True,
+            cwd="/",  # the postgres user may not be allowed into the checkout
         )
         for _attempt in range(5):  # another process may take the port between choice and bind
             port = free_port()
@@ -202,6 +203,7 @@ class Postgres:
                 [*as_user, str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "log")]
                 + ["-w", "-t", "30", "-o", options, "start"],
                 capture_output=True,
+                cwd="/",
             )
             if started.returncode == 0:
                 return cls(f"postgres://postgres@127.0.0.1:{port}/postgres", owned_dir=root)
