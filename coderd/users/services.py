@@ -1,0 +1,298 @@
+"""Users, organizations and API keys: the functions the API, the admin and the commands call.
+
+Each function checks the actor's roles (coderd.users.auth) and raises coderd.errors on refusal.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import validate_email
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from coderd.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, field_error
+from coderd.users import auth
+from coderd.users.models import (
+    APIKey,
+    LoginType,
+    Organization,
+    OrganizationMember,
+    Role,
+    User,
+    UserStatus,
+    hash_secret,
+)
+
+DEFAULT_ORGANIZATION_NAME = "coder"
+# Coder's name rule for users, templates and workspaces (codersdk.NameValid).
+NAME_RE = re.compile(r"^[a-zA-Z0-9]+(?:-[a-zA-Z0-9]+)*$")
+NAME_MAX_LENGTH = 32
+ASSIGNABLE_ROLES = {Role.OWNER, Role.USER_ADMIN, Role.TEMPLATE_ADMIN, Role.AUDITOR}
+# A token given by the client is "<10-char id>-<secret>".
+API_KEY_ID_LENGTH = 10
+
+
+def validate_name(field: str, value: str) -> str:
+    if not value or len(value) > NAME_MAX_LENGTH or not NAME_RE.match(value):
+        raise field_error(
+            field,
+            f"Must be 1 to {NAME_MAX_LENGTH} letters or digits, with single hyphens between them.",
+            message=f"Invalid {field}.",
+        )
+    return value
+
+
+# --- organizations -------------------------------------------------------------------------------
+
+
+def default_organization() -> Organization:
+    """The default organization ("coder"), created on first use."""
+    org = Organization.objects.filter(is_default=True).first()
+    if org is not None:
+        return org
+    try:
+        with transaction.atomic():
+            return Organization.objects.create(
+                name=DEFAULT_ORGANIZATION_NAME, display_name="Coder", is_default=True
+            )
+    except IntegrityError:  # another request created it first
+        return Organization.objects.get(is_default=True)
+
+
+def organization_by_ref(ref: str) -> Organization:
+    """`{organization}` in a path: an id, a name, or `default`."""
+    if ref == "default":
+        return default_organization()
+    q = Q(name__iexact=ref)
+    if _is_uuid(ref):
+        q |= Q(id=ref)
+    org = Organization.objects.filter(q).first()
+    if org is None:
+        raise NotFound(f"Organization {ref!r} not found.")
+    return org
+
+
+def ensure_member(user: User, organization: Organization) -> None:
+    OrganizationMember.objects.get_or_create(organization=organization, user=user)
+
+
+# --- users ---------------------------------------------------------------------------------------
+
+
+def _is_uuid(value: str) -> bool:
+    import uuid
+
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def user_by_ref(actor: User, ref: str) -> User:
+    """`{user}` in a path: an id, a username or `me`. Others' accounts are visible to user readers."""
+    if ref == "me":
+        return actor
+    q = Q(username__iexact=ref)
+    if _is_uuid(ref):
+        q |= Q(id=ref)
+    user = User.objects.filter(q, deleted=False).first()
+    if user is None or (user.pk != actor.pk and not auth.can_read_users(actor)):
+        raise NotFound(f"User {ref!r} not found.")
+    return user
+
+
+def _validate_new_user(email: str, username: str, password: str) -> str:
+    validations = []
+    try:
+        validate_email(email)
+    except DjangoValidationError:
+        validations.append({"field": "email", "detail": "Must be a valid email address."})
+    if not username or len(username) > NAME_MAX_LENGTH or not NAME_RE.match(username):
+        validations.append(
+            {"field": "username", "detail": "Must be 1 to 32 letters or digits, with single hyphens."}
+        )
+    try:
+        validate_password(password)
+    except DjangoValidationError as exc:
+        validations.append({"field": "password", "detail": " ".join(exc.messages)})
+    if validations:
+        raise BadRequest("Invalid user.", validations=validations)
+    return User.objects.normalize_email(email)
+
+
+def _create_user_row(email: str, username: str, password: str, roles: list[str]) -> User:
+    if User.objects.filter(Q(email__iexact=email) | Q(username__iexact=username)).exists():
+        raise Conflict("A user with that email or username already exists.")
+    try:
+        with transaction.atomic():
+            return User.objects.create_user(email, username, password, roles=roles)
+    except IntegrityError:
+        raise Conflict("A user with that email or username already exists.") from None
+
+
+def create_first_user(email: str, username: str, password: str) -> tuple[User, Organization]:
+    """The first user, an owner, and the default organization. 409 once any user exists."""
+    email = _validate_new_user(email, username, password)
+    with transaction.atomic():
+        if User.objects.exists():
+            raise Conflict("The initial user has already been created.")
+        user = _create_user_row(email, username, password, [Role.OWNER])
+        org = default_organization()
+        ensure_member(user, org)
+    return user, org
+
+
+def create_user(actor: User, email: str, username: str, password: str, roles: Iterable[str] = ()) -> User:
+    if not auth.can_manage_users(actor):
+        raise Forbidden("Only owners and user admins can create users.")
+    roles = sorted({r for r in roles if r != Role.MEMBER})
+    unknown = [r for r in roles if r not in ASSIGNABLE_ROLES]
+    if unknown:
+        raise field_error("roles", f"Unknown roles: {', '.join(unknown)}.")
+    if Role.OWNER in roles and not auth.is_owner(actor):
+        raise Forbidden("Only owners can create owners.")
+    email = _validate_new_user(email, username, password)
+    with transaction.atomic():
+        user = _create_user_row(email, username, password, roles)
+        ensure_member(user, default_organization())
+    return user
+
+
+def _check_can_change_status(actor: User, user: User, verb: str) -> None:
+    if not auth.can_manage_users(actor):
+        raise Forbidden(f"Only owners and user admins can {verb} users.")
+    if user.pk == actor.pk:
+        raise BadRequest(f"You cannot {verb} yourself.")
+    if auth.is_owner(user) and not auth.is_owner(actor):
+        raise Forbidden(f"Only owners can {verb} an owner.")
+
+
+def suspend_user(actor: User, user: User) -> User:
+    _check_can_change_status(actor, user, "suspend")
+    User.objects.filter(pk=user.pk).update(status=UserStatus.SUSPENDED, updated_at=timezone.now())
+    user.refresh_from_db()
+    return user
+
+
+def activate_user(actor: User, user: User) -> User:
+    _check_can_change_status(actor, user, "activate")
+    User.objects.filter(pk=user.pk).update(status=UserStatus.ACTIVE, updated_at=timezone.now())
+    user.refresh_from_db()
+    return user
+
+
+def delete_user(actor: User, user: User) -> None:
+    """Soft delete, as Coder: the row stays for history; its keys go. Refused while it owns workspaces."""
+    _check_can_change_status(actor, user, "delete")
+    if user.workspaces.filter(deleted=False).exists():
+        raise Conflict("You cannot delete a user that has workspaces. Delete their workspaces first.")
+    with transaction.atomic():
+        APIKey.objects.filter(user=user).delete()
+        # Free the email and username for reuse; the id keeps history linked.
+        suffix = f"-deleted-{str(user.pk)[:8]}"
+        User.objects.filter(pk=user.pk).update(
+            deleted=True,
+            username=(user.username[: 64 - len(suffix)] + suffix),
+            email=f"{user.pk}@deleted.invalid",
+            updated_at=timezone.now(),
+        )
+
+
+def set_user_roles(actor: User, user: User, roles: Iterable[str]) -> User:
+    if not auth.can_manage_users(actor):
+        raise Forbidden("Only owners and user admins can change roles.")
+    roles = sorted({r for r in roles if r != Role.MEMBER})
+    unknown = [r for r in roles if r not in ASSIGNABLE_ROLES]
+    if unknown:
+        raise field_error("roles", f"Unknown roles: {', '.join(unknown)}.")
+    if (Role.OWNER in roles or auth.is_owner(user)) and not auth.is_owner(actor):
+        raise Forbidden("Only owners can grant or take the owner role.")
+    User.objects.filter(pk=user.pk).update(roles=roles, updated_at=timezone.now())
+    user.refresh_from_db()
+    return user
+
+
+# --- API keys --------------------------------------------------------------------------------------
+
+
+def issue_api_key(
+    user: User, login_type: str, lifetime_seconds: int | None = None, token_name: str = ""
+) -> tuple[APIKey, str]:
+    """A new key; the token string `<id>-<secret>` is returned once and never stored."""
+    if lifetime_seconds is None:
+        lifetime_seconds = int(
+            settings.SESSION_DURATION if login_type == LoginType.PASSWORD else settings.MAX_TOKEN_LIFETIME
+        )
+    if lifetime_seconds <= 0 or lifetime_seconds > settings.MAX_TOKEN_LIFETIME:
+        raise field_error("lifetime", f"Must be between 1 and {int(settings.MAX_TOKEN_LIFETIME)} seconds.")
+    now = timezone.now()
+    key_id, secret = APIKey.new_id_and_secret()
+    key = APIKey.objects.create(
+        id=key_id,
+        hashed_secret=hash_secret(secret),
+        user=user,
+        login_type=login_type,
+        token_name=token_name,
+        lifetime_seconds=lifetime_seconds,
+        expires_at=now + timedelta(seconds=lifetime_seconds),
+        last_used=now,
+    )
+    return key, f"{key_id}-{secret}"
+
+
+def login(email: str, password: str) -> tuple[APIKey, str]:
+    """A password session. One message for every failure so accounts cannot be probed."""
+    user = User.objects.filter(email__iexact=email, deleted=False).first()
+    if user is None or not user.check_password(password):
+        raise Unauthorized("Incorrect email or password.")
+    if user.status == UserStatus.SUSPENDED:
+        raise Unauthorized("Your account is suspended. Contact an admin to reactivate your account.")
+    if user.status == UserStatus.DORMANT:
+        User.objects.filter(pk=user.pk).update(status=UserStatus.ACTIVE)
+    return issue_api_key(user, LoginType.PASSWORD)
+
+
+def logout(key: APIKey) -> None:
+    APIKey.objects.filter(pk=key.pk).delete()
+
+
+def api_key_for_token(token: str, now: datetime) -> APIKey | None:
+    """The live key for a token (with `.user`), or None: unknown, wrong secret, expired, suspended.
+
+    `last_used` and the user's `last_seen_at` are written at most once per
+    API_KEY_LAST_USED_WRITE_INTERVAL per key: a busy client would otherwise turn every read into a
+    write. The UPDATE is conditional on the old value, so concurrent requests write it once.
+    """
+    key_id, sep, secret = token.partition("-")
+    if not sep or len(key_id) != API_KEY_ID_LENGTH or not secret:
+        return None
+    key = APIKey.objects.select_related("user").filter(pk=key_id).first()
+    if key is None or not hmac.compare_digest(bytes(key.hashed_secret), hash_secret(secret)):
+        return None
+    if key.expires_at <= now or not key.user.is_active:
+        return None
+    interval = timedelta(seconds=settings.API_KEY_LAST_USED_WRITE_INTERVAL)
+    if now - key.last_used >= interval:
+        written = APIKey.objects.filter(pk=key.pk, last_used__lte=now - interval).update(last_used=now)
+        if written:
+            key.last_used = now
+            users = User.objects.filter(pk=key.user_id)
+            users.update(last_seen_at=now)
+            # Coder wakes a dormant account when it is used.
+            users.filter(status=UserStatus.DORMANT).update(status=UserStatus.ACTIVE)
+            key.user.last_seen_at = now
+    return key
+
+
+def user_for_token(token: str, now: datetime) -> User | None:
+    key = api_key_for_token(token, now)
+    return key.user if key else None
