@@ -165,6 +165,8 @@ PROMETHEUS_ENABLE = env_bool("CODER_PROMETHEUS_ENABLE", False)
 PROMETHEUS_ADDRESS = env_address("CODER_PROMETHEUS_ADDRESS", "127.0.0.1:2112")
 PROMETHEUS_LEGACY_METRICS = env_bool("CODER_PROMETHEUS_LEGACY_METRICS", True)
 PROMETHEUS_REFRESH_INTERVAL = env_duration("CODER_PROMETHEUS_REFRESH_INTERVAL", "60s")
+# /metrics on the main port without authentication (the listener never asks for any).
+PROMETHEUS_PUBLIC = env_bool("CODER_PROMETHEUS_PUBLIC", False)
 
 # A request body larger than this is refused with 413.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024

@@ -1,0 +1,265 @@
+"""Database-derived gauges: one aggregate query per family, cached for the refresh interval.
+
+A scrape uses the cached counts while they are younger than `interval` and not marked stale; the
+first refresh is done at start-up (`refresh()`, from `metrics.serving.start_metrics`), not after one
+interval. Signals on builds, jobs and users, and the job observer, mark the cache stale so the next
+scrape after a change recounts. Each refresh builds the families from scratch, so a label set that
+no longer exists (a template renamed, a status gone) disappears, and every status value of the
+status families is present, 0 included.
+
+The database is read with Django's ORM from whichever thread scrapes (the listener's threads or a
+sync view), never from the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from prometheus_client.metrics_core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from metrics.registry import HELP
+
+JOB_STATUSES = ("pending", "running", "succeeded", "canceling", "canceled", "failed")
+USER_STATUSES = ("active", "dormant", "suspended")
+ACTIVE_USER_WINDOW = timedelta(hours=1)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DatabaseCounts:
+    active_users: int = 0
+    latest_build: dict[str, int] = field(default_factory=dict)
+    users: dict[str, int] = field(default_factory=dict)
+    # (status, template_name, template_version, workspace_owner, workspace_transition, count)
+    per_template: list[tuple[str, str, str, str, str, int]] = field(default_factory=list)
+    computed_at: float = 0.0  # time.time() when the refresh started
+    generation: int = 0  # the stale mark seen when the refresh started
+
+
+def query_counts(now: datetime) -> DatabaseCounts:
+    """The four aggregate queries (one per family)."""
+    from django.db.models import Count
+
+    from coderd.users.models import APIKey, User
+    from coderd.workspaces.models import Workspace
+    from provisioner.models import status_expression
+
+    # The index (last_used, user_id) answers this one without touching the table.
+    active = (
+        APIKey.objects.filter(last_used__gte=now - ACTIVE_USER_WINDOW).values("user_id").distinct().count()
+    )
+
+    live = Workspace.objects.filter(deleted=False, latest_build__isnull=False)
+    status = status_expression(now, prefix="latest_build__job__")
+    latest = dict.fromkeys(JOB_STATUSES, 0)
+    for row in live.values(s=status).annotate(n=Count("id")).order_by():
+        latest[row["s"]] = latest.get(row["s"], 0) + row["n"]
+
+    users = dict.fromkeys(USER_STATUSES, 0)
+    for row in User.objects.filter(deleted=False).values("status").annotate(n=Count("id")).order_by():
+        users[row["status"]] = users.get(row["status"], 0) + row["n"]
+
+    per_template = [
+        (r["s"], r["t"], r["v"], r["o"], r["x"], r["n"])
+        for r in live.values(
+            s=status,
+            t=_f("template__name"),
+            v=_f("latest_build__template_version__name"),
+            o=_f("owner__username"),
+            x=_f("latest_build__transition"),
+        )
+        .annotate(n=Count("id"))
+        .order_by()
+    ]
+    return DatabaseCounts(active_users=active, latest_build=latest, users=users, per_template=per_template)
+
+
+def _f(name: str):
+    from django.db.models import F
+
+    return F(name)
+
+
+class MemoryCacheStore:
+    """One process: the cache is an attribute, the stale mark a counter."""
+
+    def __init__(self) -> None:
+        self._counts: DatabaseCounts | None = None
+        self._generation = 0
+
+    def load(self) -> DatabaseCounts | None:
+        return self._counts
+
+    def save(self, counts: DatabaseCounts) -> None:
+        self._counts = counts
+
+    def generation(self) -> int:
+        return self._generation
+
+    def mark_stale(self) -> None:
+        self._generation += 1
+
+    @contextlib.contextmanager
+    def refreshing(self) -> Iterator[None]:
+        yield
+
+
+class FileCacheStore:
+    """Several processes of one replica (gunicorn): the cache is a JSON file in the multiprocess
+    directory, written under an exclusive lock so only one process refreshes; the stale mark is the
+    modification time of a marker file that any process touches."""
+
+    def __init__(self, directory: Path) -> None:
+        self.cache = directory / "coderd-db-gauges.json"
+        self.marker = directory / "coderd-db-stale"
+        self.lock = directory / "coderd-db-gauges.lock"
+
+    def load(self) -> DatabaseCounts | None:
+        try:
+            data = json.loads(self.cache.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        data["per_template"] = [tuple(row) for row in data["per_template"]]
+        return DatabaseCounts(**data)
+
+    def save(self, counts: DatabaseCounts) -> None:
+        tmp = self.cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(counts)))
+        os.replace(tmp, self.cache)  # readers see the old file or the new one, never half of one
+
+    def generation(self) -> int:
+        try:
+            return self.marker.stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
+    def mark_stale(self) -> None:
+        try:
+            os.utime(self.marker)
+        except FileNotFoundError:
+            self.marker.touch()
+
+    @contextlib.contextmanager
+    def refreshing(self) -> Iterator[None]:
+        import fcntl
+
+        with open(self.lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class DatabaseCollector(Collector):
+    """The database gauges of METRICS.md as a prometheus_client collector."""
+
+    def __init__(
+        self,
+        *,
+        legacy: bool = True,
+        interval: float = 60.0,
+        store: MemoryCacheStore | FileCacheStore | None = None,
+        clock: Callable[[], float] = time.time,
+        query: Callable[[datetime], DatabaseCounts] = query_counts,
+    ) -> None:
+        self.legacy = legacy
+        self.interval = interval
+        self.store = store or MemoryCacheStore()
+        self.clock = clock
+        self.query = query
+        self._lock = threading.Lock()
+
+    def mark_stale(self) -> None:
+        self.store.mark_stale()
+
+    def _fresh(self, counts: DatabaseCounts | None, now: float) -> bool:
+        return (
+            counts is not None
+            and now - counts.computed_at < self.interval
+            and counts.generation == self.store.generation()
+        )
+
+    def refresh(self, now: float | None = None) -> DatabaseCounts:
+        """Recount now (start-up, or a stale cache)."""
+        from datetime import UTC
+
+        now = self.clock() if now is None else now
+        generation = self.store.generation()  # read first: a change during the queries re-marks it
+        counts = self.query(datetime.fromtimestamp(now, UTC))
+        counts.computed_at, counts.generation = now, generation
+        self.store.save(counts)
+        return counts
+
+    def counts(self, now: float | None = None) -> DatabaseCounts:
+        """The cached counts, recounted first when older than the interval or marked stale."""
+        now = self.clock() if now is None else now
+        counts = self.store.load()
+        if self._fresh(counts, now):
+            return counts
+        with self._lock, self.store.refreshing():
+            counts = self.store.load()  # another thread or process may have just done it
+            if self._fresh(counts, now):
+                return counts
+            try:
+                return self.refresh(now)
+            except Exception:
+                # A scrape still answers while the database is away: the last counts, or zeros.
+                logger.exception("refreshing the database gauges failed")
+                return counts or DatabaseCounts(latest_build={}, users={})
+            finally:
+                _close_thread_connection()
+
+    def describe(self):
+        return []  # no collect() at registration: it would query the database
+
+    def collect(self):
+        c = self.counts()
+        active = GaugeMetricFamily(
+            "coderd_api_active_users_duration_hour", HELP["coderd_api_active_users_duration_hour"]
+        )
+        active.add_metric([], c.active_users)
+        yield active
+        names = ["coderd_api_workspace_latest_build"]
+        if self.legacy:
+            names.insert(0, "coderd_api_workspace_latest_build_total")
+        for name in names:
+            family = GaugeMetricFamily(name, HELP[name], labels=["status"])
+            for status in JOB_STATUSES:
+                family.add_metric([status], c.latest_build.get(status, 0))
+            yield family
+        users = GaugeMetricFamily(
+            "coderd_api_total_user_count", HELP["coderd_api_total_user_count"], labels=["status"]
+        )
+        for status in USER_STATUSES:
+            users.add_metric([status], c.users.get(status, 0))
+        yield users
+        per_template = GaugeMetricFamily(
+            "coderd_workspace_latest_build_status",
+            HELP["coderd_workspace_latest_build_status"],
+            labels=["status", "template_name", "template_version", "workspace_owner", "workspace_transition"],
+        )
+        for *labels, n in c.per_template:
+            per_template.add_metric([str(v) for v in labels], n)
+        yield per_template
+
+
+def _close_thread_connection() -> None:
+    # Scrapes run in the listener's short-lived threads: a connection opened there would never be
+    # closed by Django's request cycle.
+    if threading.current_thread() is threading.main_thread():
+        return
+    from django.db import connection
+
+    connection.close()

@@ -1,0 +1,118 @@
+"""Process metrics from psutil (Linux, macOS and Windows alike) and the event loop's task count.
+
+prometheus_client's own ProcessCollector reads /proc and so is Linux-only; this one has the same
+names (METRICS.md §3). With a root pid it describes the whole server: the root (gunicorn's master,
+or the only process) plus its live descendants, with the CPU time of children that have exited
+(reaped, so counted in the root's `children_*` times) still included, so the counter never drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import weakref
+
+import psutil
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class ProcessCollector(Collector):
+    def __init__(self, pid: int | None = None, registry: CollectorRegistry | None = None) -> None:
+        self.pid = pid
+        if registry is not None:
+            registry.register(self)
+
+    def _processes(self) -> tuple[psutil.Process, list[psutil.Process]]:
+        root = psutil.Process(self.pid or os.getpid())
+        try:
+            children = root.children(recursive=True)
+        except psutil.Error:
+            children = []
+        return root, children
+
+    def collect(self):
+        try:
+            root, children = self._processes()
+        except psutil.Error:
+            return
+        cpu = rss = vms = 0.0
+        fds = threads = 0
+        have_fds = True
+        for i, proc in enumerate([root, *children]):
+            try:
+                with proc.oneshot():
+                    t = proc.cpu_times()
+                    mem = proc.memory_info()
+                    n_threads = proc.num_threads()
+                    try:
+                        n_fds = proc.num_fds() if hasattr(proc, "num_fds") else proc.num_handles()
+                    except psutil.AccessDenied:
+                        n_fds, have_fds = 0, have_fds and i > 0
+            except psutil.Error:
+                continue  # a child that exited between listing and reading
+            cpu += t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0)
+            rss += mem.rss
+            vms += mem.vms
+            threads += n_threads
+            fds += n_fds
+
+        yield _counter("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", cpu)
+        yield _gauge("process_resident_memory_bytes", "Resident memory size in bytes.", rss)
+        yield _gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", vms)
+        yield _gauge(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            root.create_time(),
+        )
+        if have_fds:
+            yield _gauge("process_open_fds", "Number of open file descriptors.", fds)
+        max_fds = _max_fds(root)
+        if max_fds is not None:
+            yield _gauge("process_max_fds", "Maximum number of open file descriptors.", max_fds)
+        yield _gauge("process_threads", "Number of OS threads in the process.", threads)
+
+
+def _max_fds(root: psutil.Process) -> float | None:
+    try:
+        if hasattr(root, "rlimit"):  # Linux
+            return float(root.rlimit(psutil.RLIMIT_NOFILE)[0])
+        if root.pid == os.getpid():  # macOS: only our own limit is readable
+            import resource
+
+            return float(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    except (psutil.Error, ImportError, OSError, ValueError):
+        pass
+    return None  # Windows has no such limit
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation)
+    family.add_metric([], value)
+    return family
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation)
+    family.add_metric([], value)
+    return family
+
+
+class AsyncioTasksCollector(Collector):
+    """`python_asyncio_tasks`: tasks alive on the serving event loops (the nearest thing to Go's
+    goroutines). Loops are remembered by the middleware and the websocket wrapper."""
+
+    def __init__(self, loops: weakref.WeakSet) -> None:
+        self.loops = loops
+
+    def collect(self):
+        total = 0
+        for loop in list(self.loops):
+            if loop.is_closed():
+                continue
+            try:
+                total += len(asyncio.all_tasks(loop))
+            except RuntimeError:  # the set changed size under us too often; skip this loop once
+                continue
+        yield _gauge("python_asyncio_tasks", "Tasks alive on the server's event loops.", total)

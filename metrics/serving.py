@@ -1,0 +1,154 @@
+"""Serving the metrics: the listener on its own port, and what `manage.py server` calls.
+
+Interfaces for the rest of the house:
+- `start_metrics()` -> (stop, observer): `manage.py server` (and gunicorn's master) call it when
+  PROMETHEUS_ENABLE is on. It counts the database gauges once (the first refresh is at start-up),
+  starts the listener on settings.PROMETHEUS_ADDRESS, and returns a stop function and the
+  JobObserver for in-process daemons. A port in use or a bad address: one line on stderr, exit 1.
+- `start_listener(host, port, state=None)` -> Listener (raises ListenerError with one clear line).
+- `get_observer()` -> the JobObserver feeding this process's metrics.
+- `expose(state, accept, accept_encoding)` -> (status, headers, body): both doors use it.
+
+The listener is prometheus_client's own WSGI server machinery (a thread per scrape, so a scrape
+never runs on the serving event loop), around an app that answers every path, negotiates
+OpenMetrics from `Accept`, gzips when asked, and counts itself in `promhttp_*` as Go's promhttp.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from urllib.parse import parse_qs
+from wsgiref.simple_server import make_server
+
+from prometheus_client.exposition import ThreadingWSGIServer, _bake_output, _SilentHandler
+
+from metrics import runtime
+from metrics.observer import MetricsJobObserver
+from metrics.runtime import MetricsState
+
+logger = logging.getLogger(__name__)
+
+
+class ListenerError(RuntimeError):
+    """The listener cannot bind: the message is one line for the operator."""
+
+
+def expose(
+    state: MetricsState, accept: str | None, accept_encoding: str | None, params: dict | None = None
+) -> tuple[str, list[tuple[str, str]], bytes]:
+    return _bake_output(state.registry, accept, accept_encoding, params or {}, False)
+
+
+def make_listener_app(state: MetricsState | None = None) -> Callable:
+    """The WSGI app of the listener; `state` None follows `runtime.current()`."""
+
+    def app(environ, start_response):
+        s = state or runtime.current()
+        m = s.metrics
+        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
+            return [b"405 method not allowed; use GET\n"]
+        m.scrapes_in_flight.inc()
+        code = "500"
+        try:
+            status, headers, body = expose(
+                s,
+                environ.get("HTTP_ACCEPT"),
+                environ.get("HTTP_ACCEPT_ENCODING"),
+                parse_qs(environ.get("QUERY_STRING", "")),
+            )
+            code = status.split(" ", 1)[0]
+        except Exception:
+            logger.exception("gathering metrics failed")
+            status, headers = "500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")]
+            body = b"An error has occurred while gathering metrics.\n"
+        finally:
+            m.scrapes_in_flight.dec()
+            m.scrapes.labels(code).inc()
+        start_response(status, headers)
+        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
+
+    return app
+
+
+class Listener:
+    def __init__(self, server, thread: threading.Thread) -> None:
+        self.server = server
+        self.thread = thread
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return host, port
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def _display(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def start_listener(host: str, port: int, state: MetricsState | None = None) -> Listener:
+    """Serve the metrics on host:port (every path) from a daemon thread."""
+    try:
+        family, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
+            0
+        ][::4]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ListenerError(
+            f"cannot listen for metrics on {_display(host, port)} (--prometheus-address / "
+            f"CODER_PROMETHEUS_ADDRESS): {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    try:
+        httpd = make_server(sockaddr[0], port, make_listener_app(state), Server, handler_class=_SilentHandler)
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise ListenerError(
+            f"cannot listen for metrics on {_display(host, port)} (--prometheus-address / "
+            f"CODER_PROMETHEUS_ADDRESS): {reason}"
+        ) from None
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics-listener", daemon=True)
+    thread.start()
+    return Listener(httpd, thread)
+
+
+def get_observer() -> MetricsJobObserver:
+    """The JobObserver for daemons of this process (follows `runtime.current()`)."""
+    return MetricsJobObserver()
+
+
+def refresh_database_gauges() -> None:
+    """Count the database gauges now (start-up), whatever their age."""
+    state = runtime.current()
+    if state.database is not None:
+        try:
+            with state.database.store.refreshing():
+                state.database.refresh()
+        except Exception:
+            logger.exception("counting the database gauges at start-up failed")
+
+
+def start_metrics() -> tuple[Callable[[], None], MetricsJobObserver]:
+    """`manage.py server`'s (and gunicorn master's) call: first refresh, listener, observer."""
+    from django.conf import settings
+
+    host, port = settings.PROMETHEUS_ADDRESS
+    try:
+        listener = start_listener(host, port)
+    except ListenerError as exc:
+        sys.stderr.write(f"coderd server: {exc}\n")
+        sys.exit(1)
+    refresh_database_gauges()
+    return listener.stop, get_observer()
