@@ -159,6 +159,8 @@ else:
 # Provisioner daemons.
 PROVISIONER_DAEMONS = env_int("CODER_PROVISIONER_DAEMONS", 3, minimum=0)
 PROVISIONER_DAEMON_PSK = env_str("CODER_PROVISIONER_DAEMON_PSK", "")
+# A running job with no heartbeat for this long is failed by the reaper (provisioner/reaper.py).
+PROVISIONER_HUNG_JOB_TIMEOUT = env_duration("CODER_PROVISIONER_HUNG_JOB_TIMEOUT", "30s")
 
 # Metrics.
 PROMETHEUS_ENABLE = env_bool("CODER_PROMETHEUS_ENABLE", False)
