@@ -1,0 +1,224 @@
+"""`manage.py server` as a process: it answers, logs where it serves, refuses bad flags in one line,
+and stops cleanly on SIGTERM. Every process is started on a port chosen now and stopped by its PID."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from coderd.management.commands.server import FLAGS
+from tests.services import REPO, ServerProcess, free_port, http_get, wait_for
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: ")
+
+
+def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_")}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env["CODER_DATA_DIR"] = str(data_dir)
+    env.update(extra)
+    return env
+
+
+def manage(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_server(data_dir: Path, *flags: str, **env: str) -> ServerProcess:
+    return ServerProcess(
+        [sys.executable, "manage.py", "server", *flags],
+        env={"CODER_DATA_DIR": str(data_dir), **env},
+        name="server",
+    )
+
+
+def stop_by_sigterm(server: ServerProcess, timeout: float = 15) -> int:
+    os.kill(server.pid, signal.SIGTERM)
+    return server.popen.wait(timeout=timeout)
+
+
+def served_url(server: ServerProcess) -> str:
+    """The address the server logged (so port 0 works), once it has logged it."""
+
+    def logged() -> str | None:
+        found = re.search(r"serving HTTP on (http://\S+)", server.log())
+        if found:
+            return found.group(1)
+        return "exited" if server.popen.poll() is not None else None
+
+    url = wait_for(logged, 30, "the server's start-up line")
+    if url == "exited":
+        raise AssertionError(f"the server exited with {server.popen.returncode}:\n{server.log()[-4000:]}")
+    return url
+
+
+def test_it_serves_the_api_and_the_admin_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    with socket.socket() as taken:
+        # The variable names a port in use; the flag overrides it.
+        taken.bind(("127.0.0.1", 0))
+        env_address = f"127.0.0.1:{taken.getsockname()[1]}"
+        server = start_server(
+            tmp_path, "--http-address", f"127.0.0.1:{port}", "--provisioner-daemons", "0",
+            CODER_HTTP_ADDRESS=env_address,
+        )  # fmt: skip
+        try:
+            base = f"http://127.0.0.1:{port}"
+            server.wait_http(f"{base}/admin/login/")
+            assert served_url(server) == base
+
+            status, headers, _ = http_get(f"{base}/admin/login/")
+            assert status == 200
+            # The admin keeps its styles with DEBUG off: static files come from the ASGI app.
+            status, headers, body = http_get(f"{base}/static/admin/css/base.css")
+            assert status == 200 and headers["content-type"].startswith("text/css") and body
+            status, _, _ = http_get(f"{base}/healthz")
+            assert status == 200
+
+            assert stop_by_sigterm(server) == 0
+        finally:
+            server.stop()
+
+    log = server.log()
+    assert "Traceback" not in log
+    lines = [line for line in log.splitlines() if line]
+    assert all(LOG_LINE.match(line) for line in lines), log
+    info = [line for line in lines if " INFO " in line]
+    assert any(f"data folder {tmp_path}" in line for line in info)
+    assert any(f"serving HTTP on {base}" in line for line in info)
+    # No user yet: the way to create the first one, with the address to send it to.
+    assert any(f"curl -X POST {base}/api/v2/users/first" in line for line in info)
+    assert any("received SIGTERM" in line for line in info)
+    assert info[-1].endswith("stopped")
+    # Nothing else at INFO on start-up (uvicorn's own lines are kept to warnings).
+    assert len(info) == 5, info
+    assert (tmp_path / "coderd.sqlite3").exists()  # migrated into the data folder
+
+
+def test_it_runs_in_process_daemons_and_stops_them(tmp_path: Path) -> None:
+    # Port 0: the kernel picks, and the start-up line says which. The flag overrides the variable.
+    server = start_server(
+        tmp_path, "--http-address", "127.0.0.1:0", "--provisioner-daemons", "2",
+        CODER_PROVISIONER_DAEMONS="0",
+    )  # fmt: skip
+    try:
+        base = served_url(server)
+        assert not base.endswith(":0")
+        server.wait_http(f"{base}/healthz")
+        assert stop_by_sigterm(server) == 0
+    finally:
+        server.stop()
+    log = server.log()
+    assert "Traceback" not in log
+    assert "stopping 2 provisioner daemon(s)" in log
+    assert "coderd.W003" not in log  # there are daemons to run builds
+
+
+def test_it_says_how_to_reach_it_at_its_access_url(tmp_path: Path) -> None:
+    server = start_server(
+        tmp_path, "--http-address", "127.0.0.1:0", "--provisioner-daemons", "0",
+        "--access-url", "http://coder.example.test:8080",
+    )  # fmt: skip
+    try:
+        base = served_url(server)
+        # The access URL's host is allowed, whatever the Host header the proxy in front sends.
+        status, _, _ = http_get(f"{base}/admin/login/", headers={"Host": "coder.example.test"})
+        assert status == 200
+        assert stop_by_sigterm(server) == 0
+    finally:
+        server.stop()
+    log = server.log()
+    assert "access URL http://coder.example.test:8080" in log
+    assert "curl -X POST http://coder.example.test:8080/api/v2/users/first" in log
+
+
+def test_it_explains_every_flag_with_its_variable_and_default(tmp_path: Path) -> None:
+    done = manage("server", "--help", env=clean_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # argparse wraps lines anywhere
+    for flag in FLAGS:
+        assert flag.name in text
+        assert f"[env {flag.env}, default {flag.default}]" in text
+    for variable in ("CODER_DATA_DIR", "CODER_PG_CONNECTION_URL", "CODER_REDIS_URL"):
+        assert variable in text
+    assert "--verbosity" not in text  # Django's own flags are accepted but not advertised
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--http-address", "nope"], "--http-address='nope' is not an address"),
+        (["--provisioner-daemons", "-1"], "--provisioner-daemons='-1' must be at least 0"),
+        (["--prometheus-enable=ture"], "--prometheus-enable='ture' is not a boolean"),
+        (["--prometheus-refresh-interval", "soon"], "--prometheus-refresh-interval='soon' is not a duration"),
+        (["--access-url", "coder.example.com"], "--access-url='coder.example.com' is not an http(s) URL"),
+        (["--log-level", "loud"], "--log-level='loud' is not one of"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--http", "127.0.0.1:1"], "unrecognized arguments: --http"),
+        (["--log-level", "info", "--log-level", "debug"], "--log-level given twice"),
+    ],
+)
+def test_it_refuses_a_bad_flag_in_one_line(tmp_path: Path, argv: list[str], expected: str) -> None:
+    done = manage("server", *argv, env=clean_env(tmp_path))
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("manage.py server: ")
+    assert expected in lines[0]
+    assert not (tmp_path / "coderd.sqlite3").exists()  # refused before touching the database
+
+
+def test_it_says_in_one_line_that_the_port_is_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = manage("server", "--http-address", f"127.0.0.1:{port}", env=clean_env(tmp_path))
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if "coderd.W" not in line]
+    assert lines == [
+        f"coderd server: cannot listen on 127.0.0.1:{port} (--http-address / CODER_HTTP_ADDRESS): "
+        "address already in use"
+    ]
+
+
+def test_it_stops_start_up_on_a_configuration_error(tmp_path: Path) -> None:
+    done = manage(
+        "server", "--prometheus-enable", "--prometheus-address", "127.0.0.1:4000",
+        "--http-address", "127.0.0.1:4000", env=clean_env(tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert len(done.stderr.splitlines()) == 1
+    assert "ERROR coderd.server: coderd.E002:" in done.stderr
+
+
+def test_it_serves_under_runserver_too(tmp_path: Path) -> None:
+    port = free_port()
+    server = ServerProcess(
+        [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
+        env={"CODER_DATA_DIR": str(tmp_path)},
+        name="runserver",
+    )
+    try:
+        server.wait_http(f"http://127.0.0.1:{port}/admin/login/")
+        status, _, _ = http_get(f"http://127.0.0.1:{port}/admin/login/")
+        assert status == 200
+        # daphne is first in INSTALLED_APPS: runserver is the ASGI server, websockets included.
+        assert "ASGI/Daphne" in server.log() or "daphne" in server.log().lower()
+    finally:
+        server.stop()
