@@ -368,6 +368,8 @@ def pytest_configure(config: pytest.Config) -> None:
         settings.DATABASES  # noqa: B018 (make sure the settings have read the environment)
     except Exception:
         return
+    if not hasattr(config, "workerinput") and config.getoption("numprocesses", None):
+        return  # the xdist controller: its workers, started later, must still inherit the variables
     os.environ.pop("CODER_PG_CONNECTION_URL", None)
     os.environ.pop("CODER_REDIS_URL", None)
     layer = settings.CHANNEL_LAYERS.get("default", {})
