@@ -1,0 +1,459 @@
+"""Websockets: following a job's logs, watching a workspace, and the external daemons' serve socket.
+
+Followers join a channel-layer group per job (or workspace) before reading the backlog, then re-read
+the database from the last id they sent whenever told something changed (and every second anyway,
+in case a notice was lost): no gaps, no duplicates, and it works across processes with Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import uuid
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.utils import timezone
+
+from provisioner import notify, queue
+from provisioner.execution import GONE, HEARTBEAT_INTERVAL, LogLine
+from provisioner.runners import KNOWN_PROVISIONERS
+
+log = logging.getLogger(__name__)
+
+# Followers re-read the database this often even without a notice.
+FALLBACK_POLL_SECONDS = 1.0
+PSK_HEADER = b"coder-provisioner-daemon-psk"
+MAX_LOG_LINES_PER_MESSAGE = 1000
+
+
+def _headers(scope: dict[str, Any]) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+def _query(scope: dict[str, Any]) -> dict[str, list[str]]:
+    return parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+
+
+def token_from_scope(scope: dict[str, Any]) -> str | None:
+    """The session token, from the same carriers as the HTTP API, plus a query parameter (browsers
+    cannot set headers on a websocket)."""
+    headers = _headers(scope)
+    if headers.get("coder-session-token"):
+        return headers["coder-session-token"].strip()
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if "cookie" in headers:
+        cookie = SimpleCookie()
+        try:
+            cookie.load(headers["cookie"])
+        except Exception:
+            cookie = SimpleCookie()
+        if "coder_session_token" in cookie:
+            return cookie["coder_session_token"].value
+    values = _query(scope).get("coder_session_token")
+    return values[0] if values and values[0] else None
+
+
+@database_sync_to_async
+def _user_for_scope(scope: dict[str, Any]) -> Any:
+    from coderd.users.services import user_for_token
+
+    token = token_from_scope(scope)
+    return user_for_token(token, timezone.now()) if token else None
+
+
+class JsonConsumer(AsyncJsonWebsocketConsumer):
+    """Bad frames (binary, not JSON) are answered, never a crash."""
+
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
+        await self.receive_json(await self.decode_json(text_data) if text_data is not None else None)
+
+    async def decode_json(self, text_data: str) -> Any:
+        try:
+            return json.loads(text_data)
+        except ValueError:
+            return None
+
+
+def _after_param(scope: dict[str, Any]) -> int:
+    try:
+        return max(0, int((_query(scope).get("after") or ["0"])[0]))
+    except ValueError:
+        return 0
+
+
+class JobLogsConsumer(JsonConsumer):
+    """A job's log lines, backlog first, then live; closed normally once the job ended and all was sent."""
+
+    async def connect(self) -> None:
+        notify.register_serving_loop()
+        self.finished = True
+        self.poller: asyncio.Task | None = None
+        user = await _user_for_scope(self.scope)
+        job_id = await database_sync_to_async(self.find_job)(user) if user is not None else None
+        if job_id is None:
+            await self.close()  # refused before accept: the client sees 403
+            return
+        self.job_id, self.after, self.finished = job_id, _after_param(self.scope), False
+        self.lock = asyncio.Lock()
+        self.group = notify.job_group(job_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.catch_up()
+        if not self.finished:
+            self.poller = asyncio.ensure_future(self._poll())
+
+    def find_job(self, user: Any) -> Any:
+        raise NotImplementedError
+
+    async def _poll(self) -> None:
+        while not self.finished:
+            await asyncio.sleep(FALLBACK_POLL_SECONDS)
+            await self.catch_up()
+
+    async def job_changed(self, event: dict[str, Any]) -> None:
+        await self.catch_up()
+
+    async def catch_up(self) -> None:
+        async with self.lock:
+            if self.finished:
+                return
+            done, entries = await database_sync_to_async(queue.logs_after)(self.job_id, self.after)
+            for entry in entries:
+                await self.send_json(entry)
+                self.after = entry["id"]
+            if done:
+                self.finished = True
+                await self.close(code=1000)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        pass  # followers only listen
+
+    async def disconnect(self, code: int) -> None:
+        self.finished = True
+        if self.poller is not None and self.poller is not asyncio.current_task():
+            self.poller.cancel()
+        if getattr(self, "group", None):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+
+class BuildLogsConsumer(JobLogsConsumer):
+    """/api/v2/workspacebuilds/{workspacebuild}/logs?follow"""
+
+    def find_job(self, user: Any) -> Any:
+        from coderd.users.auth import can_read_workspace
+        from coderd.workspaces.models import WorkspaceBuild
+
+        build = (
+            WorkspaceBuild.objects.select_related("workspace")
+            .filter(id=self.scope["url_route"]["kwargs"]["workspacebuild"])
+            .first()
+        )
+        if build is None or not can_read_workspace(user, build.workspace):
+            return None
+        return build.job_id
+
+
+class TemplateVersionLogsConsumer(JobLogsConsumer):
+    """/api/v2/templateversions/{templateversion}/logs?follow"""
+
+    def find_job(self, user: Any) -> Any:
+        from coderd.users.auth import is_owner
+        from coderd.users.models import OrganizationMember
+        from coderd.workspaces.models import TemplateVersion
+
+        version = TemplateVersion.objects.filter(
+            id=self.scope["url_route"]["kwargs"]["templateversion"]
+        ).first()
+        if version is None:
+            return None
+        member = OrganizationMember.objects.filter(
+            organization_id=version.organization_id, user=user
+        ).exists()
+        return version.job_id if member or is_owner(user) else None
+
+
+def workspace_json(workspace_id: Any) -> dict[str, Any] | None:
+    """The workspace as the API returns it (the API's serializer when there is one)."""
+    from coderd.workspaces.models import Workspace
+
+    workspace = (
+        Workspace.objects.select_related("owner", "template", "latest_build__job")
+        .filter(id=workspace_id)
+        .first()
+    )
+    if workspace is None:
+        return None
+    try:
+        from coderd.workspaces.api import workspace_json as api_workspace_json
+    except ImportError:
+        return _workspace_json(workspace)
+    return json.loads(json.dumps(api_workspace_json(workspace), default=str))
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _workspace_json(ws: Any) -> dict[str, Any]:
+    build = ws.latest_build
+    latest = None
+    if build is not None:
+        job = build.job
+        latest = {
+            "id": str(build.id),
+            "build_number": build.build_number,
+            "transition": build.transition,
+            "workspace_id": str(ws.id),
+            "status": job.get_status(),
+            "job": {
+                "id": str(job.id),
+                "status": job.get_status(),
+                "error": job.error,
+                "created_at": _iso(job.created_at),
+                "started_at": _iso(job.started_at),
+                "completed_at": _iso(job.completed_at),
+                "canceled_at": _iso(job.canceled_at),
+            },
+        }
+    return {
+        "id": str(ws.id),
+        "name": ws.name,
+        "owner_id": str(ws.owner_id),
+        "owner_name": ws.owner.username,
+        "organization_id": str(ws.organization_id),
+        "template_id": str(ws.template_id),
+        "template_name": ws.template.name,
+        "created_at": _iso(ws.created_at),
+        "updated_at": _iso(ws.updated_at),
+        "deleted": ws.deleted,
+        "latest_build": latest,
+    }
+
+
+class WorkspaceWatchConsumer(JsonConsumer):
+    """/api/v2/workspaces/{workspace}/watch-ws: the workspace as JSON, again each time it changes."""
+
+    async def connect(self) -> None:
+        notify.register_serving_loop()
+        self.poller: asyncio.Task | None = None
+        self.group = None
+        user = await _user_for_scope(self.scope)
+        self.workspace_id = self.scope["url_route"]["kwargs"]["workspace"]
+        if user is None or not await database_sync_to_async(self._visible)(user):
+            await self.close()
+            return
+        self.last: dict[str, Any] | None = None
+        self.lock = asyncio.Lock()
+        self.group = notify.workspace_group(self.workspace_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.push()
+        self.poller = asyncio.ensure_future(self._poll())
+
+    def _visible(self, user: Any) -> bool:
+        from coderd.users.auth import can_read_workspace
+        from coderd.workspaces.models import Workspace
+
+        workspace = Workspace.objects.filter(id=self.workspace_id).first()
+        return workspace is not None and can_read_workspace(user, workspace)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(FALLBACK_POLL_SECONDS)
+            await self.push()
+
+    async def workspace_changed(self, event: dict[str, Any]) -> None:
+        await self.push()
+
+    async def job_changed(self, event: dict[str, Any]) -> None:
+        await self.push()
+
+    async def push(self) -> None:
+        async with self.lock:
+            data = await database_sync_to_async(workspace_json)(self.workspace_id)
+            if data is not None and data != self.last:
+                self.last = data
+                await self.send_json(data)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        pass
+
+    async def disconnect(self, code: int) -> None:
+        if self.poller is not None:
+            self.poller.cancel()
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+
+class ProvisionerDaemonServeConsumer(JsonConsumer):
+    """/api/v2/organizations/{organization}/provisionerdaemons/serve: an external daemon's link.
+
+    The server does the claiming and the writing; the daemon runs the provisioner. Requests and
+    replies (JSON, one per message): hello -> welcome; acquire -> job | no_job; heartbeat ->
+    heartbeat {state: running | canceled | gone | idle}; logs -> (nothing); complete -> completed
+    {status}. A cancel reaches the daemon as the state in the next heartbeat reply (it beats every
+    ~0.2 s while running). If the socket drops with a job in flight, the job is failed at once.
+    """
+
+    async def connect(self) -> None:
+        notify.register_serving_loop()
+        self.daemon_id: Any = None
+        self.job_id: Any = None
+        self.last_beat = None
+        self.name = ""
+        expected = settings.PROVISIONER_DAEMON_PSK
+        given = _headers(self.scope).get(PSK_HEADER.decode(), "")
+        if not expected or not given or not hmac.compare_digest(given.encode(), expected.encode()):
+            await self.close()
+            return
+        self.organization_id = await database_sync_to_async(self._organization)()
+        if self.organization_id is None:
+            await self.close()
+            return
+        await self.accept()
+
+    def _organization(self) -> Any:
+        from coderd.errors import APIError
+        from coderd.users.services import organization_by_ref
+
+        try:
+            return organization_by_ref(self.scope["url_route"]["kwargs"]["organization"]).id
+        except APIError:
+            return None
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        kind = content.get("type") if isinstance(content, dict) else None
+        handler = getattr(self, f"on_{kind}", None) if isinstance(kind, str) and kind.isidentifier() else None
+        if handler is None:
+            await self.send_json({"type": "error", "message": f"unknown message type {kind!r}"})
+            return
+        if kind != "hello" and self.daemon_id is None:
+            await self.send_json({"type": "error", "message": "say hello first"})
+            return
+        await handler(content)
+
+    async def on_hello(self, content: dict[str, Any]) -> None:
+        name = str(content.get("name") or "")[:128] or f"external-{uuid.uuid4().hex[:8]}"
+        wanted = content.get("provisioners") or list(KNOWN_PROVISIONERS)
+        provisioners = [p for p in wanted if p in KNOWN_PROVISIONERS] if isinstance(wanted, list) else []
+        if not provisioners:
+            await self.send_json({"type": "error", "message": "no known provisioner in hello"})
+            return
+        row = await database_sync_to_async(queue.register_daemon)(
+            name,
+            provisioners,
+            timezone.now(),
+            external=True,
+            organization_id=self.organization_id,
+            version=str(content.get("version") or "")[:64],
+        )
+        first = self.daemon_id is None
+        self.daemon_id, self.name, self.provisioners = row.id, name, provisioners
+        if first:
+            _observer_call("daemon_started")
+        await self.send_json({"type": "welcome", "daemon_id": str(row.id)})
+
+    async def on_acquire(self, content: dict[str, Any]) -> None:
+        if self.job_id is not None:
+            await self.send_json({"type": "error", "message": "a job is already running"})
+            return
+        spec = await database_sync_to_async(self._claim)()
+        if spec is None:
+            await self.send_json({"type": "no_job"})
+        else:
+            self.job_id = spec.job_id
+            log.info("external daemon %s: running job %s", self.name, spec.job_id)
+            await self.send_json({"type": "job", "job": spec.to_dict()})
+
+    def _claim(self) -> Any:
+        now = timezone.now()
+        job = queue.claim(self.daemon_id, self.provisioners, now)
+        if job is None:
+            self._seen(now)
+            return None
+        self.last_beat = now
+        return queue.job_spec(job)
+
+    def _seen(self, now: Any) -> None:
+        if self.last_beat is None or (now - self.last_beat).total_seconds() >= HEARTBEAT_INTERVAL:
+            queue.daemon_seen(self.daemon_id, now)
+            self.last_beat = now
+
+    async def on_heartbeat(self, content: dict[str, Any]) -> None:
+        job_id = content.get("job_id")
+        if self.job_id is None or str(job_id) != str(self.job_id):
+            await database_sync_to_async(self._seen)(timezone.now())
+            await self.send_json({"type": "heartbeat", "state": "idle"})
+            return
+        state = await database_sync_to_async(self._job_heartbeat)()
+        if state == GONE:
+            self.job_id = None
+        await self.send_json({"type": "heartbeat", "job_id": str(job_id), "state": state})
+
+    def _job_heartbeat(self) -> str:
+        now = timezone.now()
+        beat = self.last_beat is None or (now - self.last_beat).total_seconds() >= HEARTBEAT_INTERVAL
+        state = queue.heartbeat(self.job_id, self.daemon_id, now, beat=beat)
+        if beat:
+            self.last_beat = now
+        return state
+
+    async def on_logs(self, content: dict[str, Any]) -> None:
+        lines = content.get("logs")
+        if (
+            self.job_id is None
+            or str(content.get("job_id")) != str(self.job_id)
+            or not isinstance(lines, list)
+        ):
+            return
+        parsed = [LogLine.from_dict(x) for x in lines[:MAX_LOG_LINES_PER_MESSAGE] if isinstance(x, dict)]
+        await database_sync_to_async(queue.append_logs)(self.job_id, parsed)
+
+    async def on_complete(self, content: dict[str, Any]) -> None:
+        job_id = content.get("job_id")
+        if self.job_id is None or str(job_id) != str(self.job_id):
+            await self.send_json({"type": "completed", "job_id": str(job_id), "status": None})
+            return
+        error = str(content.get("error") or "")
+        status = await database_sync_to_async(queue.complete)(
+            self.job_id, timezone.now(), error=error, daemon_id=self.daemon_id
+        )
+        self.job_id = None
+        await self.send_json({"type": "completed", "job_id": str(job_id), "status": status})
+
+    async def disconnect(self, code: int) -> None:
+        if self.daemon_id is None:
+            return
+        await database_sync_to_async(self._gone)()
+        _observer_call("daemon_stopped")
+
+    def _gone(self) -> None:
+        if self.job_id is not None:
+            queue.fail(
+                self.job_id,
+                timezone.now(),
+                f"The external provisioner daemon {self.name!r} disconnected while running the job.",
+                daemon_id=self.daemon_id,
+            )
+            self.job_id = None
+        queue.daemon_gone(self.daemon_id)
+
+
+def _observer_call(name: str) -> None:
+    from provisioner.daemon import process_observer
+
+    try:
+        getattr(process_observer(), name)()
+    except Exception:
+        log.exception("observer %s failed", name)
