@@ -1,5 +1,178 @@
-"""The /api/v2 NinjaAPI: routers of each app are added here."""
+"""The /api/v2 NinjaAPI: error rendering, authentication, and every app's router.
 
-from ninja import NinjaAPI
+Every error a client can cause leaves here as API.md's JSON shape
+`{"message", "detail", "validations": [{"field", "detail"}]}` with its status; anything unexpected
+is logged with its traceback and answered 500 in the same shape, never with a traceback.
+"""
 
-api = NinjaAPI(title="coderd API", version="2", urls_namespace="api")
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
+from django.urls import URLPattern
+from ninja import NinjaAPI, Schema
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+from coderd.errors import APIError
+from coderd.users.auth import session_auth
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+# Where ninja puts a parameter in an error's `loc`; the next item for a body is the parameter name.
+_LOCATIONS = {"body", "query", "path", "header", "cookie", "form", "file"}
+
+
+def error_body(message: str, detail: str = "", validations: list[dict[str, str]] | None = None) -> dict:
+    return {"message": message, "detail": detail, "validations": validations or []}
+
+
+def json_error(status: int, message: str, detail: str = "", validations: list | None = None) -> JsonResponse:
+    return JsonResponse(error_body(message, detail, validations), status=status)
+
+
+def _field_name(loc: tuple | list) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in _LOCATIONS:
+        where = parts.pop(0)
+        # Body parameters are wrapped in the view's argument name: {"body": {"req": {...}}}.
+        if where == "body" and parts and parts[0] == "req":
+            parts.pop(0)
+    return ".".join(parts) or "body"
+
+
+def _validation_detail(error: dict[str, Any]) -> str:
+    if error.get("type") == "extra_forbidden":
+        return "Unknown field."
+    if error.get("type") == "missing":
+        return "Required field is missing."
+    return str(error.get("msg", "Invalid value."))
+
+
+class CoderAPI(NinjaAPI):
+    def _get_urls(self) -> list:
+        # ninja answers a wrong method with a plain-text 405; give it the JSON shape too.
+        urls = super()._get_urls()
+        for pattern in urls:
+            if isinstance(pattern, URLPattern) and getattr(pattern.callback, "csrf_exempt", False):
+                pattern.callback = _json_not_allowed(pattern.callback)
+        return urls
+
+
+def _json_not_allowed(view: Any) -> Any:
+    import asyncio
+
+    def convert(response: Any) -> Any:
+        if isinstance(response, HttpResponseNotAllowed):
+            converted = json_error(405, "Method not allowed.", detail=f"Allowed: {response['Allow']}.")
+            converted["Allow"] = response["Allow"]
+            return converted
+        return response
+
+    if asyncio.iscoroutinefunction(view):
+
+        @functools.wraps(view)
+        async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            return convert(await view(request, *args, **kwargs))
+
+        return async_wrapper
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        return convert(view(request, *args, **kwargs))
+
+    return wrapper
+
+
+api = CoderAPI(
+    title="coderd API",
+    version="2",
+    description="A Coder-shaped control plane for developer workspaces.",
+    urls_namespace="api",
+    auth=session_auth,
+)
+
+
+@api.exception_handler(APIError)
+def _api_error(request: HttpRequest, exc: APIError) -> HttpResponse:
+    return JsonResponse(exc.as_dict(), status=exc.status)
+
+
+@api.exception_handler(ValidationError)
+def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    validations = [
+        {"field": _field_name(e.get("loc", ())), "detail": _validation_detail(e)} for e in exc.errors
+    ]
+    return json_error(400, "Validation failed.", validations=validations)
+
+
+@api.exception_handler(AuthenticationError)
+def _authentication_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return json_error(401, "You must be authenticated to use this endpoint.")
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if exc.status_code == 400:  # ninja's "Cannot parse request body"
+        return json_error(400, "Request body must be valid JSON.", detail=str(exc))
+    return json_error(exc.status_code, str(exc))
+
+
+@api.exception_handler(Http404)
+def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return json_error(404, "Resource not found or you do not have access to this resource.")
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return json_error(413, "Request body too large.", detail=f"The limit is {limit} bytes.")
+
+
+@api.exception_handler(IntegrityError)
+def _integrity_error(request: HttpRequest, exc: IntegrityError) -> HttpResponse:
+    # Services check uniqueness first; this is the race where two requests pass the check at once.
+    log.info("integrity error on %s %s: %s", request.method, request.path, exc)
+    return json_error(409, "The request conflicts with existing data.", detail="A name may already be taken.")
+
+
+@api.exception_handler(DjangoValidationError)
+def _django_validation_error(request: HttpRequest, exc: DjangoValidationError) -> HttpResponse:
+    return json_error(400, "Invalid request.", detail=" ".join(exc.messages))
+
+
+@api.exception_handler(Exception)
+def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return json_error(500, "An internal error occurred.", detail="The error was logged on the server.")
+
+
+class BuildInfo(Schema):
+    version: str
+    external_url: str
+
+
+@api.get("/buildinfo", auth=None, response=BuildInfo, tags=["General"], summary="Build info")
+def buildinfo(request: HttpRequest) -> dict:
+    return {"version": VERSION, "external_url": settings.ACCESS_URL}
+
+
+def _register_routers() -> None:
+    from coderd.users.api import router as users_router
+    from coderd.workspaces.api import router as workspaces_router
+    from provisioner.api import router as provisioner_router
+
+    api.add_router("/", users_router)
+    api.add_router("/", workspaces_router)
+    api.add_router("/", provisioner_router)
+
+
+_register_routers()

@@ -185,6 +185,13 @@ def set_active_version(actor: User, template: Template, version: TemplateVersion
     return template
 
 
+def cancel_template_version(
+    actor: User, version: TemplateVersion, now: datetime | None = None
+) -> ProvisionerJob:
+    _require_template_admin(actor)
+    return cancel_job(version.job, now)
+
+
 def delete_template(actor: User, template: Template) -> None:
     _require_template_admin(actor)
     if template.workspaces.filter(deleted=False).exists():

@@ -1,0 +1,19 @@
+"""`limit` and `offset` query parameters for every list, as Coder's API has them."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from ninja import Schema
+from pydantic import Field
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+class Page(Schema):
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="At most this many items.")
+    offset: int = Field(0, ge=0, description="Skip this many items.")
+
+    def apply(self, queryset: QuerySet) -> QuerySet:
+        # Callers order by a unique key last, so pages neither repeat nor skip rows.
+        return queryset[self.offset : self.offset + self.limit]

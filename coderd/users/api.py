@@ -1,0 +1,213 @@
+"""Users, sessions, API keys and organizations under /api/v2 (Coder's paths and bodies)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Prefetch, Q
+from django.http import HttpRequest, HttpResponse
+from ninja import Query, Router, Schema
+from pydantic import Field
+
+from coderd.errors import Forbidden, NotFound
+from coderd.pagination import Page
+from coderd.users import auth, services
+from coderd.users.models import LoginType, OrganizationMember, User
+from coderd.users.schemas import (
+    APIKeyResponse,
+    CreateFirstUserRequest,
+    CreateTokenRequest,
+    CreateUserRequest,
+    ErrorOut,
+    FirstUserResponse,
+    LoginRequest,
+    LoginResponse,
+    Message,
+    OrganizationOut,
+    UpdateRolesRequest,
+    UserOut,
+    UsersList,
+    organization_json,
+    user_json,
+)
+
+router = Router(tags=["Users"])
+ERRORS: dict[int, Any] = {code: ErrorOut for code in (400, 401, 403, 404, 409)}
+
+
+def actor(request: HttpRequest) -> User:
+    return request.auth  # type: ignore[attr-defined]
+
+
+# --- first user, login, logout ---------------------------------------------------------------------
+
+
+@router.get("/users/first", auth=None, response={200: Message, 404: ErrorOut}, summary="Check initial user")
+def get_first_user(request: HttpRequest) -> Any:
+    if not User.objects.exists():
+        raise NotFound("The initial user has not been created.")
+    return {"message": "The initial user has already been created."}
+
+
+@router.post(
+    "/users/first", auth=None, response={201: FirstUserResponse, **ERRORS}, summary="Create initial user"
+)
+def post_first_user(request: HttpRequest, req: CreateFirstUserRequest) -> Any:
+    user, org = services.create_first_user(req.email, req.username, req.password)
+    if req.name:
+        User.objects.filter(pk=user.pk).update(name=req.name)
+    return 201, {"user_id": user.id, "organization_id": org.id}
+
+
+@router.post(
+    "/users/login", auth=None, response={201: LoginResponse, **ERRORS}, summary="Log in with password"
+)
+def login(request: HttpRequest, req: LoginRequest, response: HttpResponse) -> Any:
+    key, token = services.login(req.email, req.password)
+    response.set_cookie(
+        auth.SESSION_TOKEN_COOKIE,
+        token,
+        max_age=key.lifetime_seconds,
+        httponly=True,
+        samesite="Lax",
+        secure=request.is_secure(),
+    )
+    return 201, {"session_token": token}
+
+
+@router.post("/users/logout", response={200: Message, **ERRORS}, summary="Log out")
+def logout(request: HttpRequest, response: HttpResponse) -> Any:
+    services.logout(request.api_key)  # type: ignore[attr-defined]
+    response.delete_cookie(auth.SESSION_TOKEN_COOKIE, samesite="Lax")
+    return {"message": "Logged out!"}
+
+
+# --- users ----------------------------------------------------------------------------------------
+
+
+class UserFilter(Schema):
+    q: str = Field("", description="Search by username or email (a substring).")
+    status: str = Field("", description="active, dormant or suspended.")
+
+
+def _users() -> Any:
+    return User.objects.filter(deleted=False).prefetch_related(
+        Prefetch("memberships", queryset=OrganizationMember.objects.only("user_id", "organization_id"))
+    )
+
+
+@router.get("/users", response={200: UsersList, **ERRORS}, summary="List users")
+def list_users(request: HttpRequest, page: Query[Page], filters: Query[UserFilter]) -> Any:
+    if not auth.can_read_users(actor(request)):
+        raise Forbidden("You may not list users.")
+    users = _users()
+    if filters.q:
+        users = users.filter(Q(username__icontains=filters.q) | Q(email__icontains=filters.q))
+    if filters.status:
+        users = users.filter(status=filters.status)
+    users = users.order_by("username", "id")
+    return {"users": [user_json(u) for u in page.apply(users)], "count": users.count()}
+
+
+@router.post("/users", response={201: UserOut, **ERRORS}, summary="Create user")
+def create_user(request: HttpRequest, req: CreateUserRequest) -> Any:
+    user = services.create_user(actor(request), req.email, req.username, req.password, roles=req.roles)
+    if req.name:
+        User.objects.filter(pk=user.pk).update(name=req.name)
+        user.name = req.name
+    return 201, user_json(user)
+
+
+def _user(request: HttpRequest, ref: str) -> User:
+    return services.user_by_ref(actor(request), ref)
+
+
+@router.get("/users/{user}", response={200: UserOut, **ERRORS}, summary="Get user by id, username or me")
+def get_user(request: HttpRequest, user: str) -> Any:
+    return user_json(_user(request, user))
+
+
+@router.delete("/users/{user}", response={200: Message, **ERRORS}, summary="Delete user")
+def delete_user(request: HttpRequest, user: str) -> Any:
+    services.delete_user(actor(request), _user(request, user))
+    return {"message": "User has been deleted!"}
+
+
+@router.put("/users/{user}/status/suspend", response={200: UserOut, **ERRORS}, summary="Suspend user")
+def suspend_user(request: HttpRequest, user: str) -> Any:
+    return user_json(services.suspend_user(actor(request), _user(request, user)))
+
+
+@router.put("/users/{user}/status/activate", response={200: UserOut, **ERRORS}, summary="Activate user")
+def activate_user(request: HttpRequest, user: str) -> Any:
+    return user_json(services.activate_user(actor(request), _user(request, user)))
+
+
+@router.put("/users/{user}/roles", response={200: UserOut, **ERRORS}, summary="Assign site roles")
+def update_roles(request: HttpRequest, user: str, req: UpdateRolesRequest) -> Any:
+    return user_json(services.set_user_roles(actor(request), _user(request, user), req.roles))
+
+
+# --- API keys -------------------------------------------------------------------------------------
+
+
+def _key_owner(request: HttpRequest, ref: str) -> User:
+    user = _user(request, ref)
+    if user.pk != actor(request).pk and not auth.is_owner(actor(request)):
+        raise Forbidden("You may only create API keys for yourself.")
+    return user
+
+
+@router.post(
+    "/users/{user}/keys", response={201: APIKeyResponse, **ERRORS}, summary="Create a session API key"
+)
+def create_key(request: HttpRequest, user: str) -> Any:
+    _key, token = services.issue_api_key(
+        _key_owner(request, user), LoginType.PASSWORD, lifetime_seconds=int(settings.SESSION_DURATION)
+    )
+    return 201, {"key": token}
+
+
+@router.post("/users/{user}/keys/tokens", response={201: APIKeyResponse, **ERRORS}, summary="Create a token")
+def create_token(request: HttpRequest, user: str, req: CreateTokenRequest) -> Any:
+    lifetime = None if req.lifetime is None else max(1, req.lifetime // 1_000_000_000)
+    _key, token = services.issue_api_key(
+        _key_owner(request, user), LoginType.TOKEN, lifetime_seconds=lifetime, token_name=req.token_name
+    )
+    return 201, {"key": token}
+
+
+# --- organizations --------------------------------------------------------------------------------
+
+
+@router.get(
+    "/users/{user}/organizations",
+    response={200: list[OrganizationOut], **ERRORS},
+    tags=["Organizations"],
+    summary="Organizations of a user",
+)
+def user_organizations(request: HttpRequest, user: str) -> Any:
+    target = _user(request, user)
+    return [organization_json(o) for o in target.organizations.order_by("name", "id")]
+
+
+@router.get(
+    "/organizations/{organization}",
+    response={200: OrganizationOut, **ERRORS},
+    tags=["Organizations"],
+    summary="Get organization by id, name or default",
+)
+def get_organization(request: HttpRequest, organization: str) -> Any:
+    return organization_json(visible_organization(request, organization))
+
+
+def visible_organization(request: HttpRequest, ref: str) -> Any:
+    """`{organization}` for this caller: members see theirs; user and site readers see all."""
+    org = services.organization_by_ref(ref)
+    user = actor(request)
+    if not (
+        auth.can_read_users(user) or OrganizationMember.objects.filter(organization=org, user=user).exists()
+    ):
+        raise NotFound(f"Organization {ref!r} not found.")
+    return org

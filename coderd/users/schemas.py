@@ -1,0 +1,152 @@
+"""Request and response bodies of the users and organizations API, with Coder's field names.
+
+Request bodies forbid unknown fields, so a typo is a 400 naming the field rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from ninja import Schema
+from pydantic import ConfigDict, Field
+
+from coderd.users.models import Organization, Role, User
+
+
+class Request(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Message(Schema):
+    message: str
+    detail: str = ""
+
+
+class ValidationOut(Schema):
+    field: str
+    detail: str
+
+
+class ErrorOut(Schema):
+    message: str
+    detail: str
+    validations: list[ValidationOut]
+
+
+# --- requests ---------------------------------------------------------------------------------------
+
+
+class CreateFirstUserRequest(Request):
+    email: str
+    username: str
+    password: str
+    name: str = ""
+
+
+class LoginRequest(Request):
+    email: str
+    password: str
+
+
+class CreateUserRequest(Request):
+    email: str
+    username: str
+    password: str
+    name: str = ""
+    roles: list[str] = []
+
+
+class UpdateRolesRequest(Request):
+    roles: list[str]
+
+
+class CreateTokenRequest(Request):
+    # Coder's `lifetime` is a Go duration: nanoseconds.
+    lifetime: int | None = Field(None, gt=0, description="Token lifetime in nanoseconds (Coder's unit).")
+    token_name: str = Field("", max_length=64)
+    scope: str = Field("all", pattern="^all$")
+
+
+# --- responses --------------------------------------------------------------------------------------
+
+
+class FirstUserResponse(Schema):
+    user_id: uuid.UUID
+    organization_id: uuid.UUID
+
+
+class LoginResponse(Schema):
+    session_token: str
+
+
+class APIKeyResponse(Schema):
+    key: str
+
+
+class RoleOut(Schema):
+    name: str
+    display_name: str
+
+
+class UserOut(Schema):
+    id: uuid.UUID
+    username: str
+    email: str
+    name: str
+    status: str
+    roles: list[RoleOut]
+    organization_ids: list[uuid.UUID]
+    created_at: datetime
+    updated_at: datetime
+    last_seen_at: datetime | None
+    login_type: str = "password"
+
+
+class UsersList(Schema):
+    users: list[UserOut]
+    count: int
+
+
+class OrganizationOut(Schema):
+    id: uuid.UUID
+    name: str
+    display_name: str
+    description: str
+    is_default: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+_ROLE_NAMES = dict(Role.choices)
+
+
+def user_json(user: User, organization_ids: list[Any] | None = None) -> dict[str, Any]:
+    if organization_ids is None:
+        organization_ids = [m.organization_id for m in user.memberships.all()]
+    return {
+        "id": user.id,
+        "username": user.username,
+        "email": user.email,
+        "name": user.name,
+        "status": user.status,
+        # Coder lists the site roles; `member` is implicit there too.
+        "roles": [{"name": r, "display_name": _ROLE_NAMES.get(r, r)} for r in user.roles],
+        "organization_ids": organization_ids,
+        "created_at": user.created_at,
+        "updated_at": user.updated_at,
+        "last_seen_at": user.last_seen_at,
+    }
+
+
+def organization_json(org: Organization) -> dict[str, Any]:
+    return {
+        "id": org.id,
+        "name": org.name,
+        "display_name": org.display_name,
+        "description": org.description,
+        "is_default": org.is_default,
+        "created_at": org.created_at,
+        "updated_at": org.updated_at,
+    }

@@ -1,0 +1,25 @@
+"""Plain Django views: the health check and JSON answers for URLs no route matches under /api/."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.defaults import page_not_found
+
+
+def healthz(request: HttpRequest) -> HttpResponse:
+    # Coder answers "OK" as text; load balancers only look at the status.
+    return HttpResponse("OK", content_type="text/plain")
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler404: API clients get API.md's JSON (an unknown path or a malformed id in a path)."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(
+            {
+                "message": "Route not found or you do not have access to this resource.",
+                "detail": "",
+                "validations": [],
+            },
+            status=404,
+        )
+    return page_not_found(request, exception)

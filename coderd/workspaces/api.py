@@ -1,0 +1,403 @@
+"""Templates, template versions, workspaces and builds under /api/v2 (Coder's paths and bodies).
+
+Views are thin: look the object up as this caller may see it (404 otherwise), call a service
+function, render. A member asking for someone else's workspace gets 404, as if it did not exist.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+from ninja import Query, Router, Schema
+from pydantic import Field
+
+from coderd.errors import BadRequest, NotFound
+from coderd.pagination import Page
+from coderd.users import auth
+from coderd.users.api import ERRORS, actor, visible_organization
+from coderd.users.models import OrganizationMember, User
+from coderd.users.schemas import Message
+from coderd.users.services import user_by_ref
+from coderd.workspaces import services
+from coderd.workspaces.models import Template, TemplateVersion, Workspace, WorkspaceBuild
+from coderd.workspaces.schemas import (
+    BUILD_RELATED,
+    WORKSPACE_RELATED,
+    BuildOut,
+    CreateBuildRequest,
+    CreateTemplateRequest,
+    CreateTemplateVersionRequest,
+    CreateWorkspaceRequest,
+    TemplateOut,
+    TemplateVersionOut,
+    UpdateActiveVersionRequest,
+    WorkspaceOut,
+    WorkspacesList,
+    build_json,
+    template_json,
+    template_version_json,
+    workspace_json,
+)
+from provisioner.models import JobStatus, status_expression
+
+router = Router()
+
+
+# --- lookups as the caller may see them -------------------------------------------------------------
+
+
+def _in_organization(user: User, organization_id: Any) -> bool:
+    return (
+        auth.can_read_users(user)
+        or OrganizationMember.objects.filter(organization_id=organization_id, user=user).exists()
+    )
+
+
+def get_template(request: HttpRequest, template_id: uuid.UUID) -> Template:
+    template = Template.objects.select_related("created_by").filter(pk=template_id, deleted=False).first()
+    if template is None or not _in_organization(actor(request), template.organization_id):
+        raise NotFound("Template not found.")
+    return template
+
+
+def get_template_version(request: HttpRequest, version_id: uuid.UUID) -> TemplateVersion:
+    version = TemplateVersion.objects.select_related("job", "created_by").filter(pk=version_id).first()
+    if version is None or not _in_organization(actor(request), version.organization_id):
+        raise NotFound("Template version not found.")
+    return version
+
+
+def get_workspace(request: HttpRequest, workspace_id: uuid.UUID) -> Workspace:
+    ws = Workspace.objects.select_related(*WORKSPACE_RELATED).filter(pk=workspace_id, deleted=False).first()
+    if ws is None or not auth.can_read_workspace(actor(request), ws):
+        raise NotFound("Workspace not found.")
+    return ws
+
+
+def get_build(request: HttpRequest, build_id: uuid.UUID) -> WorkspaceBuild:
+    build = WorkspaceBuild.objects.select_related(*BUILD_RELATED).filter(pk=build_id).first()
+    if build is None or not auth.can_read_workspace(actor(request), build.workspace):
+        raise NotFound("Workspace build not found.")
+    return build
+
+
+# --- template versions --------------------------------------------------------------------------------
+
+
+@router.post(
+    "/organizations/{organization}/templateversions",
+    response={201: TemplateVersionOut, **ERRORS},
+    tags=["Templates"],
+    summary="Create a template version and its import job",
+)
+def create_template_version(
+    request: HttpRequest, organization: str, req: CreateTemplateVersionRequest
+) -> Any:
+    org = visible_organization(request, organization)
+    template = None
+    if req.template_id is not None:
+        template = Template.objects.filter(pk=req.template_id, organization=org, deleted=False).first()
+        if template is None:
+            raise BadRequest(
+                "Template not found.", validations=[{"field": "template_id", "detail": "No such template."}]
+            )
+    version = services.create_template_version(
+        actor(request),
+        org,
+        req.provisioner,
+        req.source,
+        name=req.name,
+        template=template,
+        message=req.message,
+    )
+    return 201, template_version_json(version)
+
+
+@router.get(
+    "/templateversions/{uuid:templateversion}",
+    response={200: TemplateVersionOut, **ERRORS},
+    tags=["Templates"],
+    summary="Get template version",
+)
+def get_template_version_view(request: HttpRequest, templateversion: uuid.UUID) -> Any:
+    return template_version_json(get_template_version(request, templateversion))
+
+
+@router.patch(
+    "/templateversions/{uuid:templateversion}/cancel",
+    response={200: Message, **ERRORS},
+    tags=["Templates"],
+    summary="Cancel a template version's import job",
+)
+def cancel_template_version(request: HttpRequest, templateversion: uuid.UUID) -> Any:
+    version = get_template_version(request, templateversion)
+    services.cancel_template_version(actor(request), version)
+    return {"message": "Job has been marked as canceled."}
+
+
+# --- templates ------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/organizations/{organization}/templates",
+    response={201: TemplateOut, **ERRORS},
+    tags=["Templates"],
+    summary="Create template",
+)
+def create_template(request: HttpRequest, organization: str, req: CreateTemplateRequest) -> Any:
+    org = visible_organization(request, organization)
+    version = TemplateVersion.objects.select_related("job").filter(pk=req.template_version_id).first()
+    if version is None or version.organization_id != org.pk:
+        raise NotFound("Template version not found.")
+    template = services.create_template(actor(request), org, req.name, version)
+    if req.display_name or req.description:
+        Template.objects.filter(pk=template.pk).update(
+            display_name=req.display_name, description=req.description
+        )
+        template.refresh_from_db()
+    return 201, template_json(template)
+
+
+@router.get(
+    "/organizations/{organization}/templates",
+    response={200: list[TemplateOut], **ERRORS},
+    tags=["Templates"],
+    summary="List templates of an organization",
+)
+def list_templates(request: HttpRequest, organization: str, page: Query[Page]) -> Any:
+    org = visible_organization(request, organization)
+    templates = Template.objects.select_related("created_by").filter(organization=org, deleted=False)
+    return [template_json(t) for t in page.apply(templates.order_by("name", "id"))]
+
+
+@router.get(
+    "/organizations/{organization}/templates/{templatename}",
+    response={200: TemplateOut, **ERRORS},
+    tags=["Templates"],
+    summary="Get template by organization and name",
+)
+def get_template_by_name(request: HttpRequest, organization: str, templatename: str) -> Any:
+    org = visible_organization(request, organization)
+    template = Template.objects.filter(organization=org, name__iexact=templatename, deleted=False).first()
+    if template is None:
+        raise NotFound("Template not found.")
+    return template_json(template)
+
+
+@router.get(
+    "/templates/{uuid:template}",
+    response={200: TemplateOut, **ERRORS},
+    tags=["Templates"],
+    summary="Get template",
+)
+def get_template_view(request: HttpRequest, template: uuid.UUID) -> Any:
+    return template_json(get_template(request, template))
+
+
+@router.delete(
+    "/templates/{uuid:template}",
+    response={200: Message, **ERRORS},
+    tags=["Templates"],
+    summary="Delete template",
+)
+def delete_template(request: HttpRequest, template: uuid.UUID) -> Any:
+    services.delete_template(actor(request), get_template(request, template))
+    return {"message": "Template has been deleted!"}
+
+
+@router.get(
+    "/templates/{uuid:template}/versions",
+    response={200: list[TemplateVersionOut], **ERRORS},
+    tags=["Templates"],
+    summary="List versions of a template",
+)
+def list_template_versions(request: HttpRequest, template: uuid.UUID, page: Query[Page]) -> Any:
+    tmpl = get_template(request, template)
+    versions = tmpl.versions.select_related("job", "created_by").order_by("created_at", "id")
+    return [template_version_json(v) for v in page.apply(versions)]
+
+
+@router.patch(
+    "/templates/{uuid:template}/versions",
+    response={200: Message, **ERRORS},
+    tags=["Templates"],
+    summary="Set the active template version",
+)
+def set_active_version(request: HttpRequest, template: uuid.UUID, req: UpdateActiveVersionRequest) -> Any:
+    tmpl = get_template(request, template)
+    version = TemplateVersion.objects.select_related("job").filter(pk=req.id).first()
+    if version is None:
+        raise NotFound("Template version not found.")
+    services.set_active_version(actor(request), tmpl, version)
+    return {"message": "Updated the active template version!"}
+
+
+# --- workspaces -----------------------------------------------------------------------------------
+
+
+@router.post(
+    "/organizations/{organization}/members/{user}/workspaces",
+    response={201: WorkspaceOut, **ERRORS},
+    tags=["Workspaces"],
+    summary="Create a workspace and its first start build",
+)
+def create_workspace(request: HttpRequest, organization: str, user: str, req: CreateWorkspaceRequest) -> Any:
+    org = visible_organization(request, organization)
+    owner = user_by_ref(actor(request), user)
+    template = Template.objects.filter(pk=req.template_id, organization=org, deleted=False).first()
+    if template is None:
+        raise BadRequest(
+            "Template not found.", validations=[{"field": "template_id", "detail": "No such template."}]
+        )
+    ws = services.create_workspace(actor(request), owner, template, req.name)
+    return 201, workspace_json(Workspace.objects.select_related(*WORKSPACE_RELATED).get(pk=ws.pk))
+
+
+class WorkspaceFilter(Schema):
+    q: str = Field(
+        "",
+        description="Space-separated key:value terms: owner:<username|me>, name:<substring>, "
+        "template:<name>, status:<job status of the latest build>, deleted:true.",
+    )
+
+
+_WORKSPACE_QUERY_KEYS = {"owner", "name", "template", "status", "deleted"}
+
+
+def _filter_workspaces(user: User, q: str) -> QuerySet:
+    workspaces = Workspace.objects.select_related(*WORKSPACE_RELATED)
+    if not auth.can_read_all_workspaces(user):
+        workspaces = workspaces.filter(owner=user)
+    terms: dict[str, str] = {}
+    for term in q.split():
+        key, sep, value = term.partition(":")
+        if not sep or key not in _WORKSPACE_QUERY_KEYS or not value:
+            raise BadRequest(
+                "Invalid workspace search query.",
+                validations=[
+                    {"field": "q", "detail": f"{term!r}: use one of {sorted(_WORKSPACE_QUERY_KEYS)}."}
+                ],
+            )
+        terms[key] = value
+    if terms.get("deleted", "false").lower() != "true":
+        workspaces = workspaces.filter(deleted=False)
+    if "owner" in terms:
+        owner = terms["owner"]
+        workspaces = (
+            workspaces.filter(owner=user)
+            if owner == "me"
+            else workspaces.filter(owner__username__iexact=owner)
+        )
+    if "name" in terms:
+        workspaces = workspaces.filter(name__icontains=terms["name"])
+    if "template" in terms:
+        workspaces = workspaces.filter(template__name__iexact=terms["template"])
+    if "status" in terms:
+        if terms["status"] not in JobStatus.values:
+            raise BadRequest(
+                "Invalid workspace search query.",
+                validations=[
+                    {"field": "q", "detail": f"status must be one of {', '.join(JobStatus.values)}."}
+                ],
+            )
+        workspaces = workspaces.annotate(
+            latest_status=status_expression(timezone.now(), prefix="latest_build__job__")
+        ).filter(latest_status=terms["status"])
+    return workspaces.order_by("owner__username", "name", "id")
+
+
+@router.get(
+    "/workspaces", response={200: WorkspacesList, **ERRORS}, tags=["Workspaces"], summary="List workspaces"
+)
+def list_workspaces(request: HttpRequest, filters: Query[WorkspaceFilter], page: Query[Page]) -> Any:
+    workspaces = _filter_workspaces(actor(request), filters.q)
+    return {"workspaces": [workspace_json(w) for w in page.apply(workspaces)], "count": workspaces.count()}
+
+
+@router.get(
+    "/workspaces/{uuid:workspace}",
+    response={200: WorkspaceOut, **ERRORS},
+    tags=["Workspaces"],
+    summary="Get workspace",
+)
+def get_workspace_view(request: HttpRequest, workspace: uuid.UUID) -> Any:
+    return workspace_json(get_workspace(request, workspace))
+
+
+@router.get(
+    "/users/{user}/workspace/{workspacename}",
+    response={200: WorkspaceOut, **ERRORS},
+    tags=["Workspaces"],
+    summary="Get workspace by owner and name",
+)
+def get_workspace_by_name(request: HttpRequest, user: str, workspacename: str) -> Any:
+    caller = actor(request)
+    try:
+        owner = user_by_ref(caller, user)
+    except NotFound:
+        raise NotFound("Workspace not found.") from None
+    ws = (
+        Workspace.objects.select_related(*WORKSPACE_RELATED)
+        .filter(owner=owner, name__iexact=workspacename, deleted=False)
+        .first()
+    )
+    if ws is None or not auth.can_read_workspace(caller, ws):
+        raise NotFound("Workspace not found.")
+    return workspace_json(ws)
+
+
+# --- builds ---------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/workspaces/{uuid:workspace}/builds",
+    response={201: BuildOut, **ERRORS},
+    tags=["Builds"],
+    summary="Create a workspace build",
+)
+def create_build(request: HttpRequest, workspace: uuid.UUID, req: CreateBuildRequest) -> Any:
+    ws = get_workspace(request, workspace)
+    build = services.create_build(actor(request), ws, req.transition)
+    return 201, build_json(WorkspaceBuild.objects.select_related(*BUILD_RELATED).get(pk=build.pk))
+
+
+@router.get(
+    "/workspaces/{uuid:workspace}/builds",
+    response={200: list[BuildOut], **ERRORS},
+    tags=["Builds"],
+    summary="List builds of a workspace, newest first",
+)
+def list_builds(request: HttpRequest, workspace: uuid.UUID, page: Query[Page]) -> Any:
+    ws = get_workspace(request, workspace)
+    builds = (
+        WorkspaceBuild.objects.select_related("job", "template_version", "initiator")
+        .filter(workspace=ws)
+        .order_by("-build_number")
+    )
+    return [build_json(b, ws) for b in page.apply(builds)]
+
+
+@router.get(
+    "/workspacebuilds/{uuid:workspacebuild}",
+    response={200: BuildOut, **ERRORS},
+    tags=["Builds"],
+    summary="Get workspace build",
+)
+def get_build_view(request: HttpRequest, workspacebuild: uuid.UUID) -> Any:
+    return build_json(get_build(request, workspacebuild))
+
+
+@router.patch(
+    "/workspacebuilds/{uuid:workspacebuild}/cancel",
+    response={200: Message, **ERRORS},
+    tags=["Builds"],
+    summary="Cancel a pending or running build",
+)
+def cancel_build(request: HttpRequest, workspacebuild: uuid.UUID) -> Any:
+    build = get_build(request, workspacebuild)
+    services.cancel_build(actor(request), build)
+    return {"message": "Job has been marked as canceled."}
