@@ -123,7 +123,12 @@ class APIClient:
         if body is not None:
             kwargs.update(data=body, content_type="application/json")
         if self.asgi:
-            return async_to_sync(self._client.generic)(method, url, **kwargs)
+            # Run from this (sync) thread, the sync views run back on it and share the test's
+            # database transaction.
+            async def go() -> Any:
+                return await self._client.generic(method, url, **kwargs)
+
+            return async_to_sync(go)()
         return self._client.generic(method, url, **kwargs)
 
     def get(self, path: str, **kw: Any) -> Any:

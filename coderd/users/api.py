@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Prefetch, Q
 from django.http import HttpRequest, HttpResponse
-from ninja import Query, Router, Schema
+from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
 from coderd.errors import Forbidden, NotFound
@@ -57,7 +57,7 @@ def post_first_user(request: HttpRequest, req: CreateFirstUserRequest) -> Any:
     user, org = services.create_first_user(req.email, req.username, req.password)
     if req.name:
         User.objects.filter(pk=user.pk).update(name=req.name)
-    return 201, {"user_id": user.id, "organization_id": org.id}
+    return Status(201, {"user_id": user.id, "organization_id": org.id})
 
 
 @router.post(
@@ -73,7 +73,7 @@ def login(request: HttpRequest, req: LoginRequest, response: HttpResponse) -> An
         samesite="Lax",
         secure=request.is_secure(),
     )
-    return 201, {"session_token": token}
+    return Status(201, {"session_token": token})
 
 
 @router.post("/users/logout", response={200: Message, **ERRORS}, summary="Log out")
@@ -116,7 +116,7 @@ def create_user(request: HttpRequest, req: CreateUserRequest) -> Any:
     if req.name:
         User.objects.filter(pk=user.pk).update(name=req.name)
         user.name = req.name
-    return 201, user_json(user)
+    return Status(201, user_json(user))
 
 
 def _user(request: HttpRequest, ref: str) -> User:
@@ -166,7 +166,7 @@ def create_key(request: HttpRequest, user: str) -> Any:
     _key, token = services.issue_api_key(
         _key_owner(request, user), LoginType.PASSWORD, lifetime_seconds=int(settings.SESSION_DURATION)
     )
-    return 201, {"key": token}
+    return Status(201, {"key": token})
 
 
 @router.post("/users/{user}/keys/tokens", response={201: APIKeyResponse, **ERRORS}, summary="Create a token")
@@ -175,7 +175,7 @@ def create_token(request: HttpRequest, user: str, req: CreateTokenRequest) -> An
     _key, token = services.issue_api_key(
         _key_owner(request, user), LoginType.TOKEN, lifetime_seconds=lifetime, token_name=req.token_name
     )
-    return 201, {"key": token}
+    return Status(201, {"key": token})
 
 
 # --- organizations --------------------------------------------------------------------------------

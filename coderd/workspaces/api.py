@@ -12,7 +12,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
-from ninja import Query, Router, Schema
+from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
 from coderd.errors import BadRequest, NotFound
@@ -114,7 +114,7 @@ def create_template_version(
         template=template,
         message=req.message,
     )
-    return 201, template_version_json(version)
+    return Status(201, template_version_json(version))
 
 
 @router.get(
@@ -159,7 +159,7 @@ def create_template(request: HttpRequest, organization: str, req: CreateTemplate
             display_name=req.display_name, description=req.description
         )
         template.refresh_from_db()
-    return 201, template_json(template)
+    return Status(201, template_json(template))
 
 
 @router.get(
@@ -254,7 +254,7 @@ def create_workspace(request: HttpRequest, organization: str, user: str, req: Cr
             "Template not found.", validations=[{"field": "template_id", "detail": "No such template."}]
         )
     ws = services.create_workspace(actor(request), owner, template, req.name)
-    return 201, workspace_json(Workspace.objects.select_related(*WORKSPACE_RELATED).get(pk=ws.pk))
+    return Status(201, workspace_json(Workspace.objects.select_related(*WORKSPACE_RELATED).get(pk=ws.pk)))
 
 
 class WorkspaceFilter(Schema):
@@ -362,7 +362,7 @@ def get_workspace_by_name(request: HttpRequest, user: str, workspacename: str) -
 def create_build(request: HttpRequest, workspace: uuid.UUID, req: CreateBuildRequest) -> Any:
     ws = get_workspace(request, workspace)
     build = services.create_build(actor(request), ws, req.transition)
-    return 201, build_json(WorkspaceBuild.objects.select_related(*BUILD_RELATED).get(pk=build.pk))
+    return Status(201, build_json(WorkspaceBuild.objects.select_related(*BUILD_RELATED).get(pk=build.pk)))
 
 
 @router.get(
