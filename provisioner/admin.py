@@ -1,0 +1,165 @@
+"""Provisioner jobs, their logs and the daemons in the admin.
+
+A job's status is computed (timestamps + error), so it is an annotation here, shown as a column and
+filtered by coderd.admin.JobStatusFilter. Canceling goes through the same functions as the API.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import Count, F, QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+
+from coderd.admin import JobStatusFilter, render_job_logs, run_each, status_badge, with_job_status
+from provisioner.models import JobType, ProvisionerDaemon, ProvisionerJob, ProvisionerJobLog
+
+
+def _change_link(obj: Any, text: Any = None) -> str:
+    if obj is None:
+        return "-"
+    meta = obj._meta
+    url = reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[obj.pk])
+    return format_html('<a href="{}">{}</a>', url, text if text is not None else obj)
+
+
+def cancel(actor: Any, job: ProvisionerJob) -> Any:
+    """A build's job is canceled through the build (so its workspace is told); an import directly."""
+    from provisioner.jobs import cancel_job
+
+    if job.type == JobType.WORKSPACE_BUILD:
+        from coderd.workspaces.models import WorkspaceBuild
+        from coderd.workspaces.services import cancel_build
+
+        build = WorkspaceBuild.objects.select_related("workspace").filter(job_id=job.pk).first()
+        if build is not None:
+            return cancel_build(actor, build)
+    return cancel_job(job)
+
+
+@admin.register(ProvisionerJob)
+class ProvisionerJobAdmin(admin.ModelAdmin):
+    list_display = (
+        "short_id", "type", "provisioner", "status", "subject", "initiator", "worker", "created_at",
+        "started_at", "completed_at",
+    )  # fmt: skip
+    list_filter = (JobStatusFilter, "type", "provisioner", "created_at")
+    # A UUID column searched with icontains matches the 8-character ids shown in the list.
+    search_fields = ("id", "error", "initiator__username", "worker__name")
+    list_select_related = ("initiator", "worker", "workspace_build__workspace", "template_version")
+    date_hierarchy = "created_at"
+    fields = (
+        "id", "type", "provisioner", "status", "subject", "organization", "initiator", "worker",
+        "created_at", "updated_at", "started_at", "canceled_at", "completed_at", "error", "input_json",
+        "logs",
+    )  # fmt: skip
+    readonly_fields = fields
+    actions = ("cancel_jobs",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return with_job_status(super().get_queryset(request))
+
+    @admin.display(description="id", ordering="id")
+    def short_id(self, job: ProvisionerJob) -> str:
+        return str(job.id)[:8]
+
+    @admin.display(description="status", ordering="job_status")
+    def status(self, job: ProvisionerJob) -> str:
+        return status_badge(job.job_status)
+
+    @admin.display(description="for")
+    def subject(self, job: ProvisionerJob) -> str:
+        if job.type == JobType.WORKSPACE_BUILD:
+            build = getattr(job, "workspace_build", None)
+            return _change_link(build) if build else "-"
+        version = getattr(job, "template_version", None)
+        return _change_link(version, f"version {version.name}") if version else "-"
+
+    @admin.display(description="input")
+    def input_json(self, job: ProvisionerJob) -> str:
+        return format_html('<pre style="margin:0">{}</pre>', json.dumps(job.input, indent=2, sort_keys=True))
+
+    @admin.display(description="logs")
+    def logs(self, job: ProvisionerJob) -> str:
+        return render_job_logs(job.pk)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Cancel selected jobs")
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet) -> None:
+        run_each(self, request, queryset, lambda j: cancel(request.user, j), "Canceled {count} job(s).")
+
+
+@admin.register(ProvisionerJobLog)
+class ProvisionerJobLogAdmin(admin.ModelAdmin):
+    list_display = ("id", "job_link", "created_at", "level", "stage", "output")
+    list_filter = ("level", "source")
+    search_fields = ("output", "stage", "job__id")
+    list_select_related = ("job",)
+    raw_id_fields = ("job",)
+    ordering = ("-id",)
+
+    @admin.display(description="job", ordering="job_id")
+    def job_link(self, log: ProvisionerJobLog) -> str:
+        return _change_link(log.job, str(log.job_id)[:8])
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ProvisionerDaemon)
+class ProvisionerDaemonAdmin(admin.ModelAdmin):
+    list_display = (
+        "name", "provisioner_list", "external", "version", "last_seen_at", "current_job_link", "jobs_run",
+        "created_at",
+    )  # fmt: skip
+    list_filter = ("external", "last_seen_at")
+    search_fields = ("name", "version")
+    list_select_related = ("current_job", "organization")
+    fields = (
+        "id", "name", "provisioner_list", "external", "version", "organization", "created_at",
+        "last_seen_at", "current_job_link",
+    )  # fmt: skip
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).annotate(n_jobs=Count("jobs"))
+
+    @admin.display(description="provisioners")
+    def provisioner_list(self, daemon: ProvisionerDaemon) -> str:
+        return ", ".join(daemon.provisioners)
+
+    @admin.display(description="current job")
+    def current_job_link(self, daemon: ProvisionerDaemon) -> str:
+        return (
+            _change_link(daemon.current_job, str(daemon.current_job_id)[:8]) if daemon.current_job_id else "-"
+        )
+
+    @admin.display(description="jobs", ordering=F("n_jobs").desc(nulls_last=True))
+    def jobs_run(self, daemon: ProvisionerDaemon) -> int:
+        return daemon.n_jobs
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    # Deleting is allowed: a daemon that is gone for good leaves a row only an operator can clear.
