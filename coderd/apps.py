@@ -9,4 +9,4 @@ class CoderdConfig(AppConfig):
 
     def ready(self) -> None:
         # Importing registers the checks (@register); nothing else happens at start-up.
-        from coderd import checks  # noqa: F401
+        from coderd import checks, deploy_checks  # noqa: F401
