@@ -32,6 +32,7 @@ logger = logging.getLogger("coderd.server")
 
 # Open websockets (log followers, watchers) are asked to close on shutdown; past this they are cut.
 GRACEFUL_HTTP_SECONDS = 5.0
+BACKLOG = 2048  # uvicorn's default
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -261,6 +262,7 @@ class Command(BaseCommand):
             log_config=None,  # Django's LOGGING already formats every line
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_HTTP_SECONDS,
+            backlog=BACKLOG,
         )
         server = _Server(config)
         stop.server = server
@@ -315,6 +317,9 @@ def _bind(address: tuple[str, int]) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(sockaddr)
+        # Listening now, not when uvicorn starts: a client that read the start-up line is queued
+        # in the backlog instead of refused.
+        sock.listen(BACKLOG)
     except OSError as exc:
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
         sys.stderr.write(
