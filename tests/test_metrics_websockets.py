@@ -1,0 +1,142 @@
+"""Websockets through the metrics wrapper: gauge K while K are open, exactly 0 however they end."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+from django.urls import path
+
+from metrics import runtime
+from metrics.asgi import MetricsWebsocketMiddleware
+
+
+class Echo(AsyncWebsocketConsumer):
+    async def connect(self):
+        await self.accept()
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if text_data == "raise":
+            raise RuntimeError("the consumer raises")
+        if text_data == "close":
+            await self.close()
+            return
+        await self.send(text_data=text_data)
+
+
+class Refuse(AsyncWebsocketConsumer):
+    async def connect(self):
+        await self.close()
+
+
+patterns = [
+    path("api/v2/workspaces/<uuid:workspace>/watch-ws", Echo.as_asgi()),
+    path("api/v2/refused", Refuse.as_asgi()),
+]
+WATCH = "/api/v2/workspaces/{workspace}/watch-ws"
+WS_ID = "4f9a9c4e-8f3a-4d0e-9f59-3c1c8d6a2b11"
+
+
+@pytest.fixture
+def state():
+    fresh = runtime.build_state(with_database=False)
+    previous = runtime._state
+    runtime.install(fresh)
+    yield fresh
+    runtime.install(previous)
+
+
+def app():
+    return MetricsWebsocketMiddleware(URLRouter(patterns), patterns=patterns)
+
+
+def value(state, name: str, **labels) -> float:
+    return state.registry.get_sample_value(name, labels) or 0.0
+
+
+async def _open(application, path: str) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(application, path)
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+@pytest.mark.asyncio
+async def test_it_counts_open_sockets_and_returns_to_zero_however_they_end(state):
+    application = app()
+    k = 6
+    sockets = [await _open(application, f"/api/v2/workspaces/{WS_ID}/watch-ws") for _ in range(k)]
+    assert value(state, "coderd_api_concurrent_websockets") == k
+    assert value(state, "coderd_api_concurrent_requests") == 0
+
+    # Two closed cleanly by the client, two by the server, one dropped abruptly, one whose
+    # consumer raises.
+    for s in sockets[:2]:
+        await s.disconnect(code=1000)
+    for s in sockets[2:4]:
+        await s.send_to(text_data="close")
+        assert (await s.receive_output())["type"] == "websocket.close"
+        await s.disconnect()
+    await sockets[4].disconnect(code=1006)
+    await sockets[5].send_to(text_data="raise")
+    with pytest.raises(RuntimeError):
+        await sockets[5].wait()
+
+    assert value(state, "coderd_api_concurrent_websockets") == 0
+    total = value(state, "coderd_api_requests_processed_total", code="101", method="GET", path=WATCH)
+    assert total == k
+    assert value(state, "coderd_api_websocket_durations_seconds_count", path=WATCH) == k
+    assert value(state, "coderd_api_websocket_durations_ms_count", path=WATCH) == k
+    # Websockets are not HTTP requests in flight, nor in the request latency histogram.
+    assert value(state, "coderd_api_request_latencies_seconds_count", method="GET", path=WATCH) == 0
+
+
+@pytest.mark.asyncio
+async def test_it_lowers_the_gauge_when_the_server_stops_the_socket(state):
+    communicator = await _open(app(), f"/api/v2/workspaces/{WS_ID}/watch-ws")
+    assert value(state, "coderd_api_concurrent_websockets") == 1
+    communicator.future.cancel()  # what an ASGI server does to its tasks at shutdown
+    with pytest.raises(asyncio.CancelledError):
+        await communicator.future
+    assert value(state, "coderd_api_concurrent_websockets") == 0
+    assert value(state, "coderd_api_websocket_durations_seconds_count", path=WATCH) == 1
+
+
+@pytest.mark.asyncio
+async def test_it_counts_a_refused_socket_as_403_without_a_duration(state):
+    communicator = WebsocketCommunicator(app(), "/api/v2/refused")
+    connected, _ = await communicator.connect()
+    assert not connected
+    await communicator.disconnect()
+    assert (
+        value(state, "coderd_api_requests_processed_total", code="403", method="GET", path="/api/v2/refused")
+        == 1
+    )
+    assert value(state, "coderd_api_websocket_durations_seconds_count", path="/api/v2/refused") == 0
+    assert value(state, "coderd_api_concurrent_websockets") == 0
+
+
+@pytest.mark.asyncio
+async def test_it_labels_an_unknown_websocket_path_empty(state):
+    communicator = WebsocketCommunicator(app(), "/nowhere/at/all")
+    with pytest.raises(ValueError):  # Channels' URLRouter: no route found
+        await communicator.connect()
+    assert value(state, "coderd_api_requests_processed_total", code="500", method="GET", path="") == 1
+
+
+@pytest.mark.asyncio
+async def test_it_counts_sockets_through_the_real_application(state):
+    from coderd.asgi import application
+
+    communicator = WebsocketCommunicator(
+        application,
+        "/api/v2/no-such-socket",
+        headers=[(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")],
+    )
+    with pytest.raises(ValueError):
+        await communicator.connect()
+    assert value(state, "coderd_api_requests_processed_total", code="500", method="GET", path="") == 1
+    assert value(state, "coderd_api_concurrent_websockets") == 0
