@@ -15,7 +15,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from coderd.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, field_error
@@ -285,10 +285,11 @@ def api_key_for_token(token: str, now: datetime) -> APIKey | None:
         written = APIKey.objects.filter(pk=key.pk, last_used__lte=now - interval).update(last_used=now)
         if written:
             key.last_used = now
-            users = User.objects.filter(pk=key.user_id)
-            users.update(last_seen_at=now)
             # Coder wakes a dormant account when it is used.
-            users.filter(status=UserStatus.DORMANT).update(status=UserStatus.ACTIVE)
+            User.objects.filter(pk=key.user_id).update(
+                last_seen_at=now,
+                status=Case(When(status=UserStatus.DORMANT, then=Value(UserStatus.ACTIVE)), default=F("status")),
+            )
             key.user.last_seen_at = now
     return key
 
