@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from coderd.env import (
@@ -130,6 +131,9 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": DATA_DIR / "coderd.sqlite3",
+            # Tests get a file too, one per test process: daemon threads need WAL and the busy
+            # timeout, which an in-memory shared-cache database does not honour ("table is locked").
+            "TEST": {"NAME": os.path.join(tempfile.gettempdir(), f"coderd-test-{os.getpid()}.sqlite3")},
             # WAL lets daemons write while the API reads; a busy writer waits instead of failing.
             "OPTIONS": {
                 "timeout": 20,

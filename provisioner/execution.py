@@ -32,6 +32,8 @@ CHECK_INTERVAL = 0.2
 # Logs are written in batches, so a chatty script is not one transaction per line.
 FLUSH_INTERVAL = 0.1
 FLUSH_LINES = 200
+# A busy database is retried this many times (about 30 s) before an outcome is given up to the reaper.
+FINISH_ATTEMPTS = 20
 
 RUNNING, CANCELED, GONE = "running", "canceled", "gone"
 # Why a job stopped early.
@@ -129,6 +131,9 @@ class JobContext:
             self.sink.append_logs(lines)
         except SinkLost:
             self.stop_reason = STOP_LOST
+        except Exception:  # a busy database: keep the lines, in order, for the next flush
+            log.warning("job %s: could not store logs; will retry", self.spec.job_id, exc_info=True)
+            self._buffer[:0] = lines
 
     def should_stop(self) -> bool:
         """Flush, heart-beat and look for a cancel when due; cheap enough to call in a tight loop."""
@@ -175,6 +180,26 @@ class Outcome:
     status: str | None  # as stored; None when someone else (the reaper, a lost link) ended the job
     error: str
     seconds: float
+
+
+def _finish(spec: JobSpec, sink: JobSink, ctx: JobContext, error: str) -> str | None:
+    # The outcome must be stored: a busy database is retried; only a lost link gives up (the
+    # server fails the job itself, or the reaper does).
+    delay = 0.1
+    for attempt in range(FINISH_ATTEMPTS):
+        try:
+            if ctx._buffer:
+                ctx.flush()
+            return sink.finish(error)
+        except SinkLost:
+            return None
+        except Exception:
+            if attempt == FINISH_ATTEMPTS - 1:
+                raise
+            log.warning("job %s: could not record the outcome; retrying", spec.job_id, exc_info=True)
+            ctx.closing.wait(delay)
+            delay = min(delay * 2, 2.0)
+    return None
 
 
 def _safe(what: str, call: Callable[[], Any]) -> None:
@@ -224,10 +249,7 @@ def execute_job(
     error = ERRORS.get(ctx.stop_reason or "", "") or result.error
     status: str | None = None
     if ctx.stop_reason not in (STOP_GONE, STOP_LOST):
-        try:
-            status = sink.finish(error)
-        except SinkLost:
-            status = None
+        status = _finish(spec, sink, ctx, error)
     seconds = monotonic() - started
     if status is not None:
         build = spec.build_info()
