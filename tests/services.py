@@ -346,6 +346,127 @@ class Prometheus:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+# --- coderd itself ---------------------------------------------------------------------------
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse_samples(text: str) -> Samples:
+    """A text exposition as {(sample name, labels): value} (parsed, never matched as strings)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of every sample called `name` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+class Coderd:
+    """coderd on free loopback ports: gunicorn (`workers` uvicorn workers) or `manage.py server`.
+
+    Metrics are on, on their own port; `env` adds or overrides variables (CODER_PG_CONNECTION_URL,
+    CODER_REDIS_URL...). Stopped by PID (SIGTERM: the master stops its workers).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        kind: str = "gunicorn",
+        workers: int = 2,
+        env: Mapping[str, str] | None = None,
+        ready_timeout: float = 60,
+    ) -> None:
+        self.http_port, self.metrics_port = free_port(), free_port()
+        self.base = f"http://127.0.0.1:{self.http_port}"
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        full_env = {
+            "CODER_DATA_DIR": str(data_dir),
+            "CODER_HTTP_ADDRESS": f"127.0.0.1:{self.http_port}",
+            "CODER_PROMETHEUS_ENABLE": "true",
+            "CODER_PROMETHEUS_ADDRESS": f"127.0.0.1:{self.metrics_port}",
+            "CODER_WORKERS": str(workers),
+            "CODER_LOG_LEVEL": "warning",
+            "PYTHONUNBUFFERED": "1",
+        }
+        full_env.update(env or {})
+        if kind == "gunicorn":
+            argv = [str(Path(sys.executable).parent / "gunicorn"), "-c", str(REPO / "gunicorn.conf.py")]
+        else:
+            argv = [sys.executable, "manage.py", "server"]
+        self.kind = kind
+        self.process = ServerProcess(argv, full_env, name=kind)
+        try:
+            self.process.wait_http(f"{self.base}/healthz", timeout=ready_timeout)
+            self.process.wait_http(self.metrics_url, timeout=ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def worker_pids(self) -> set[int]:
+        try:
+            return {c.pid for c in psutil.Process(self.pid).children() if c.status() != psutil.STATUS_ZOMBIE}
+        except psutil.NoSuchProcess:
+            return set()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = None,
+        timeout: float = 30,
+    ) -> tuple[int, Any]:
+        """One API call: (status, decoded JSON or None)."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        if token:
+            headers["Coder-Session-Token"] = token
+        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, None
+
+    def first_user(self, username: str = "admin", password: str = "correct-horse-battery") -> str:
+        """Create the first user (an owner) and log in: its session token. Two API requests."""
+        email = f"{username}@example.com"
+        status, body = self.request(
+            "POST", "/api/v2/users/first", {"email": email, "username": username, "password": password}
+        )
+        assert status == 201, (status, body)
+        return self.login(email, password)
+
+    def login(self, email: str, password: str = "correct-horse-battery") -> str:
+        status, body = self.request("POST", "/api/v2/users/login", {"email": email, "password": password})
+        assert status == 201, (status, body)
+        return body["session_token"]
+
+    def scrape(self, url: str | None = None, headers: Mapping[str, str] | None = None) -> Samples:
+        status, _, body = http_get(url or self.metrics_url, headers)
+        assert status == 200, (status, body[:300])
+        return parse_samples(body.decode())
+
+    def stop(self) -> int | None:
+        return self.process.stop(timeout=40)
+
+
 # --- pytest fixtures -------------------------------------------------------------------------
 
 

@@ -1,0 +1,245 @@
+"""coderd under gunicorn with several uvicorn workers: metrics that add up, workers that die.
+
+Each test starts gunicorn (gunicorn.conf.py) on free loopback ports with its own data folder and
+multiprocess directory, and stops it by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+from django.core.checks import Error, Warning
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from coderd.deploy_checks import IN_MEMORY_LAYER, deployment_problems
+from tests.services import REPO, Coderd, ServerProcess, http_get, total, wait_for
+
+REDIS_LAYER = "channels_redis.core.RedisChannelLayer"
+ME = "/api/v2/users/me"
+
+
+def gunicorn(tmp_path: Path, redis_url: str, **env: str) -> Coderd:
+    return Coderd(tmp_path / "data", workers=2, env={"CODER_REDIS_URL": redis_url, **env})
+
+
+def requests_in(files: list[str]) -> float:
+    """coderd_api_requests_processed_total summed over some processes' counter files."""
+    return sum(
+        s.value
+        for family in MultiProcessCollector.merge(files)
+        if family.name == "coderd_api_requests_processed"
+        for s in family.samples
+        if s.name == "coderd_api_requests_processed_total"
+    )
+
+
+@pytest.mark.redis
+def test_it_spreads_requests_over_both_workers_and_one_scrape_adds_up(tmp_path, redis_url) -> None:
+    multiproc = tmp_path / "multiproc"
+    multiproc.mkdir()
+    (multiproc / "counter_424242.db").write_bytes(b"left over from another run")
+    server = gunicorn(tmp_path, redis_url, PROMETHEUS_MULTIPROC_DIR=str(multiproc))
+    try:
+        assert not (multiproc / "counter_424242.db").exists()  # emptied at start
+        workers = server.worker_pids()
+        assert len(workers) == 2
+
+        token = server.first_user()  # POST first (201) + POST login (201)
+        sent, refused = 300, 20
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: server.request("GET", ME, token=token)[0], range(sent)))
+            codes += list(pool.map(lambda _: server.request("GET", ME)[0], range(refused)))
+        assert Counter(codes) == {200: sent, 401: refused}
+
+        before = server.scrape()
+        # /healthz once (the readiness probe), the two POSTs, the GETs: every series exactly.
+        by_code = Counter()
+        for (name, labels), value in before.items():
+            if name == "coderd_api_requests_processed_total":
+                by_code[dict(labels)["code"], dict(labels)["method"]] += value
+        assert by_code == {("200", "GET"): sent + 1, ("201", "POST"): 2, ("401", "GET"): refused}
+        assert total(before, "coderd_api_requests_processed_total", path="/healthz") == 1
+        everything = sent + refused + 3
+        for histogram in ("coderd_api_request_latencies_seconds", "coderd_api_request_latencies_ms"):
+            assert total(before, f"{histogram}_count") == everything
+            assert total(before, f"{histogram}_bucket", le="+Inf") == everything
+        assert before[("coderd_api_concurrent_requests", frozenset())] == 0
+        assert before[("coderd_api_concurrent_websockets", frozenset())] == 0
+        assert before[("coderd_api_total_user_count", frozenset({("status", "active")}))] == 1
+
+        # Both workers served, and their files add up to the scrape.
+        per_worker = {pid: requests_in([str(multiproc / f"counter_{pid}.db")]) for pid in workers}
+        assert all(n > 0 for n in per_worker.values()), per_worker
+        assert sum(per_worker.values()) == everything
+
+        # The database gauges are counted once for the replica: scrapes through either door and any
+        # worker reuse the master's count until something changes or the interval passes.
+        computed_at = (multiproc / "coderd-db-gauges.json").stat().st_mtime_ns
+        headers = {"Coder-Session-Token": token}
+        for _ in range(4):  # /metrics of whichever workers take them: the same sum as the listener
+            view = server.scrape(server.base + "/metrics", headers)
+            for key, value in before.items():
+                if key[0] == "coderd_api_requests_processed_total":
+                    assert view[key] == value, key
+            before = server.scrape()  # the listener, which now also counts that /metrics request
+        assert total(before, "coderd_api_requests_processed_total", path="/metrics") == 4
+        assert (multiproc / "coderd-db-gauges.json").stat().st_mtime_ns == computed_at
+
+        # Process metrics describe the master and both workers, not the listener's process alone.
+        procs = [psutil.Process(server.pid), *(psutil.Process(p) for p in workers)]
+        cpu = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+        rss = sum(p.memory_info().rss for p in procs)
+        after = server.scrape()
+        assert after[("process_cpu_seconds_total", frozenset())] >= cpu
+        assert after[("process_resident_memory_bytes", frozenset())] > 0.8 * rss
+        assert after[("process_threads", frozenset())] >= 3
+    finally:
+        server.stop()
+
+
+def counter_samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample that must never go down: counters, and histograms' buckets, counts and sums."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        if family.type in ("counter", "histogram"):
+            for s in family.samples:
+                if s.name.endswith(("_total", "_count", "_sum", "_bucket")):
+                    out[s.name, frozenset(s.labels.items())] = s.value
+    return out
+
+
+@pytest.mark.redis
+def test_it_keeps_counting_when_a_worker_is_killed_mid_load(tmp_path, redis_url) -> None:
+    server = gunicorn(tmp_path, redis_url)
+    try:
+        token = server.first_user()
+        daemon_worker = int(re.search(r"worker (\d+) runs the", server.process.log()).group(1))
+        stop = threading.Event()
+        outcomes: Counter = Counter()
+        scrapes: list[tuple[int, str]] = []
+
+        def load() -> None:
+            while not stop.is_set():
+                try:
+                    outcomes[server.request("GET", ME, token=token, timeout=10)[0]] += 1
+                except OSError:  # a connection the killed worker held
+                    outcomes["error"] += 1
+
+        def scrape() -> None:
+            while not stop.is_set():
+                status, _, body = http_get(server.metrics_url)
+                scrapes.append((status, body.decode()))
+
+        threads = [threading.Thread(target=load) for _ in range(4)] + [threading.Thread(target=scrape)]
+        for t in threads:
+            t.start()
+        try:
+            wait_for(lambda: outcomes[200] >= 150, 60, "load before the kill")
+            os.kill(daemon_worker, signal.SIGKILL)
+            replaced = wait_for(
+                lambda: len(server.worker_pids() - {daemon_worker}) == 2 and server.worker_pids(),
+                60,
+                "a replacement worker",
+            )
+            at_replacement = outcomes[200]
+            wait_for(lambda: outcomes[200] >= at_replacement + 150, 60, "load after the replacement")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+
+        assert daemon_worker not in replaced
+        assert len(scrapes) >= 10
+        assert all(status == 200 for status, _ in scrapes), "the listener stopped answering"
+        previous: dict = {}
+        for _, text in scrapes:
+            current = counter_samples(text)
+            for key, value in previous.items():
+                assert key in current, f"{key} vanished"
+                assert current[key] >= value, f"{key} went down: {value} -> {current[key]}"
+            previous = current
+
+        final = server.scrape()
+        assert final[("coderd_api_concurrent_requests", frozenset())] == 0
+        assert final[("coderd_api_concurrent_websockets", frozenset())] == 0
+        # Every answer the clients got was counted (the count is taken before the response is
+        # sent); requests cut by the kill may or may not have been.
+        got = outcomes[200]
+        counted = total(final, "coderd_api_requests_processed_total", code="200", method="GET")
+        assert got <= counted <= got + outcomes["error"] + 4
+        assert set(outcomes) <= {200, "error"}
+        # The replacement took over the in-process daemons: one worker runs them, never two.
+        wait_for(
+            lambda: server.scrape()[("coderd_provisionerd_num_daemons", frozenset())] == 3,
+            30,
+            "the daemons to be taken over",
+        )
+    finally:
+        server.stop()
+
+
+def test_it_refuses_several_workers_without_redis(tmp_path) -> None:
+    env = {
+        "CODER_DATA_DIR": str(tmp_path),
+        "CODER_WORKERS": "1",
+        "CODER_REDIS_URL": "",
+        "CODER_HTTP_ADDRESS": "127.0.0.1:0",
+    }
+    gunicorn_bin = str(Path(sys.executable).parent / "gunicorn")
+    # `-w 2` on the command line wins over CODER_WORKERS=1, and the check still sees it.
+    process = ServerProcess(
+        [gunicorn_bin, "-c", str(REPO / "gunicorn.conf.py"), "-w", "2"], env, name="gunicorn"
+    )
+    try:
+        assert process.popen.wait(timeout=60) == 2
+    finally:
+        process.stop()
+    log = process.log()
+    assert "coderd.E101" in log
+    assert "CODER_REDIS_URL" in log
+    assert "Traceback" not in log
+
+
+def test_it_says_a_bad_worker_count_in_one_line(tmp_path) -> None:
+    env = {"CODER_DATA_DIR": str(tmp_path), "CODER_WORKERS": "two"}
+    gunicorn_bin = str(Path(sys.executable).parent / "gunicorn")
+    process = ServerProcess([gunicorn_bin, "-c", str(REPO / "gunicorn.conf.py")], env, name="gunicorn")
+    try:
+        assert process.popen.wait(timeout=60) != 0
+    finally:
+        process.stop()
+    assert "coderd gunicorn: CODER_WORKERS='two' is not an integer" in process.log()
+    assert "Traceback" not in process.log()
+
+
+@pytest.mark.parametrize(
+    ("environ", "backend", "postgres", "ids"),
+    [
+        ({}, IN_MEMORY_LAYER, False, []),
+        ({"CODER_WORKERS": "1"}, IN_MEMORY_LAYER, False, []),
+        ({"CODER_WORKERS": "4"}, IN_MEMORY_LAYER, False, ["coderd.E101"]),
+        ({"WEB_CONCURRENCY": "3"}, IN_MEMORY_LAYER, False, ["coderd.E101"]),
+        ({"CODER_WORKERS": "4"}, REDIS_LAYER, True, []),
+        ({"CODER_REPLICAS": "2"}, IN_MEMORY_LAYER, True, ["coderd.E102"]),
+        ({"CODER_REPLICAS": "2"}, REDIS_LAYER, False, ["coderd.E103"]),
+        ({"CODER_REPLICAS": "2"}, REDIS_LAYER, True, []),
+        ({}, IN_MEMORY_LAYER, True, ["coderd.W101"]),
+        ({"CODER_REPLICAS": "1"}, IN_MEMORY_LAYER, True, []),
+    ],
+)
+def test_it_checks_that_workers_and_replicas_have_redis(environ, backend, postgres, ids) -> None:
+    problems = deployment_problems(environ, backend, postgres)
+    assert [p.id for p in problems] == ids
+    for p in problems:
+        assert p.hint
+        assert isinstance(p, Error if p.id.startswith("coderd.E") else Warning)
