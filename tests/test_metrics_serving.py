@@ -1,0 +1,235 @@
+"""Where the metrics are served: the listener, the authenticated /metrics view, runserver's start,
+and prometheus_client's multiprocess mode."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from django.test import Client
+from prometheus_client.parser import text_string_to_metric_families
+
+from metrics import runtime
+from metrics.autostart import should_start
+from metrics.serving import ListenerError, start_listener
+from tests.fixtures import token_for
+from tests.services import REPO, http_get
+
+
+@pytest.fixture
+def state(db):
+    fresh = runtime.build_state()
+    previous = runtime._state
+    runtime.install(fresh)
+    yield fresh
+    runtime.install(previous)
+
+
+@pytest.fixture
+def listener(state):
+    server = start_listener("127.0.0.1", 0, state)
+    yield server
+    server.stop()
+
+
+def _url(listener, path: str = "/") -> str:
+    host, port = listener.address
+    return f"http://{host}:{port}{path}"
+
+
+def _names(text: str) -> set[str]:
+    return {f.name for f in text_string_to_metric_families(text)}
+
+
+def test_it_answers_every_path_and_counts_its_scrapes(listener, state):
+    for path in ("/", "/metrics", "/anything/else?x=1"):
+        status, headers, body = http_get(_url(listener, path))
+        assert status == 200
+        assert headers["Content-Type"].startswith("text/plain")
+        assert "coderd_api_requests_processed" in _names(body.decode())
+    status, _, body = http_get(_url(listener))
+    samples = {
+        s.labels["code"]: s.value
+        for f in text_string_to_metric_families(body.decode())
+        if f.name == "promhttp_metric_handler_requests"
+        for s in f.samples
+    }
+    # The scrape in progress is counted once it is served, as Go's promhttp does.
+    assert samples == {"200": 3.0, "500": 0.0, "503": 0.0}
+    assert state.registry.get_sample_value("promhttp_metric_handler_requests_total", {"code": "200"}) == 4
+    assert state.registry.get_sample_value("promhttp_metric_handler_requests_in_flight") == 0
+
+
+def test_it_negotiates_openmetrics_and_gzip(listener):
+    status, headers, body = http_get(
+        _url(listener),
+        {"Accept": "application/openmetrics-text; version=1.0.0", "Accept-Encoding": "gzip"},
+    )
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    assert headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(body).decode().endswith("# EOF\n")
+
+
+def test_it_refuses_a_port_in_use_with_one_line():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ListenerError) as info:
+            start_listener("127.0.0.1", port, runtime.build_state(with_database=False))
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"127.0.0.1:{port}" in message and "address already in use" in message
+
+
+def test_it_refuses_a_bad_address_with_one_line():
+    with pytest.raises(ListenerError) as info:
+        start_listener("no-such-host.invalid", 2112, runtime.build_state(with_database=False))
+    assert "\n" not in str(info.value) and "no-such-host.invalid:2112" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "enabled", "expected"),
+    [
+        (["manage.py", "runserver"], {"RUN_MAIN": "true"}, True, True),  # the reloader's child
+        (["manage.py", "runserver"], {}, True, False),  # the reloader's parent
+        (["manage.py", "runserver", "--noreload"], {}, True, True),
+        (["manage.py", "runserver"], {"RUN_MAIN": "true"}, False, False),
+        (["manage.py", "migrate"], {"RUN_MAIN": "true"}, True, False),
+        (["manage.py", "server"], {}, True, False),  # starts it itself
+        (["pytest"], {}, True, False),
+    ],
+)
+def test_it_starts_under_runserver_only_in_the_serving_process(argv, environ, enabled, expected):
+    assert should_start(argv, environ, enabled) is expected
+
+
+# --- /metrics on the main port ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def enabled(settings):
+    settings.PROMETHEUS_ENABLE = True
+    settings.PROMETHEUS_PUBLIC = False
+    return settings
+
+
+def test_it_hides_the_view_when_metrics_are_disabled(state, settings, owner):
+    settings.PROMETHEUS_ENABLE = False
+    response = Client().get("/metrics", headers={"Coder-Session-Token": token_for(owner)})
+    assert response.status_code == 404
+
+
+def test_it_asks_for_authentication(state, enabled):
+    response = Client().get("/metrics")
+    assert response.status_code == 401
+    assert response.json()["message"]
+
+
+def test_it_refuses_a_member(state, enabled, member):
+    response = Client().get("/metrics", headers={"Authorization": f"Bearer {token_for(member)}"})
+    assert response.status_code == 403
+
+
+def test_it_serves_owners_and_auditors_by_token(state, enabled, owner, auditor):
+    by_header = Client().get("/metrics", headers={"Coder-Session-Token": token_for(owner)})
+    by_bearer = Client().get("/metrics", headers={"Authorization": f"Bearer {token_for(auditor)}"})
+    for response in (by_header, by_bearer):
+        assert response.status_code == 200
+        assert "coderd_api_workspace_latest_build" in _names(response.content.decode())
+
+
+def test_it_serves_an_owners_admin_session(state, enabled, owner):
+    client = Client()
+    client.force_login(owner)
+    response = client.get("/metrics", headers={"Accept-Encoding": "gzip"})
+    assert response.status_code == 200
+    assert response["Content-Encoding"] == "gzip"
+    assert "coderd_api_concurrent_requests" in _names(gzip.decompress(response.content).decode())
+
+
+def test_it_can_be_made_public(state, enabled):
+    enabled.PROMETHEUS_PUBLIC = True
+    assert Client().get("/metrics").status_code == 200
+
+
+# --- several processes -----------------------------------------------------------------------------
+
+WORKER = textwrap.dedent(
+    """
+    import os, sys
+    import django
+    django.setup()
+    from metrics import runtime
+    m = runtime.get_metrics()
+    n = int(sys.argv[1])
+    for _ in range(n):
+        m.observe_request("GET", "/api/v2/buildinfo", 200, 0.003)
+    m.concurrent_requests.inc()  # still in flight when the worker dies
+    m.concurrent_websockets.inc()
+    """
+)
+
+
+def test_it_sums_workers_in_multiprocess_mode_and_forgets_dead_ones(tmp_path):
+    directory = tmp_path / "prom"
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(directory),
+        "DJANGO_SETTINGS_MODULE": "coderd.settings",
+        "CODER_DATA_DIR": str(tmp_path / "data"),
+    }
+    runtime.prepare_multiprocess_dir(directory)
+    (directory / "gauge_livesum_1.db").write_bytes(b"")  # a previous run's file is removed
+    runtime.prepare_multiprocess_dir(directory)
+    assert not list(directory.iterdir())
+
+    for n in (3, 4):
+        done = subprocess.run([sys.executable, "-c", WORKER, str(n)], env=env, cwd=REPO, capture_output=True)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+    scrape = textwrap.dedent(
+        """
+        import sys, glob, os, re
+        import django
+        django.setup()
+        from metrics import runtime
+        from metrics.serving import expose
+        if len(sys.argv) > 1:
+            for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "gauge_livesum_*.db")):
+                runtime.mark_process_dead(int(re.findall(r"_(\\d+)\\.db$", path)[0]))
+        state = runtime.build_state(with_database=False, multiproc_dir=os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        print(expose(state, None, None)[2].decode())
+        """
+    )
+
+    def collect(*args: str) -> dict:
+        done = subprocess.run([sys.executable, "-c", scrape, *args], env=env, cwd=REPO, capture_output=True)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(done.stdout.decode())
+            for s in f.samples
+        }
+
+    samples = collect()
+    key = (
+        "coderd_api_requests_processed_total",
+        (("code", "200"), ("method", "GET"), ("path", "/api/v2/buildinfo")),
+    )
+    assert samples[key] == 7
+    assert (
+        samples[
+            ("coderd_api_request_latencies_seconds_count", (("method", "GET"), ("path", "/api/v2/buildinfo")))
+        ]
+        == 7
+    )
+    assert samples[("coderd_api_concurrent_requests", ())] == 2
+    samples = collect("mark-dead")
+    assert samples[key] == 7  # counters stay
+    assert samples.get(("coderd_api_concurrent_requests", ()), 0) == 0  # live gauges vanish
