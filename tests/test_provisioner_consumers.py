@@ -1,0 +1,194 @@
+"""Websockets: build and template version logs followed to the end, watch-ws, and the serve socket."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from coderd.asgi import application
+from provisioner.daemon import Daemon
+from provisioner.models import ProvisionerDaemon
+from tests.fixtures import make_echo_template, make_workspace, token_for
+from tests.provisioner_support import build_job, ready_template
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+LINES = [f"line {i}" for i in range(8)]
+PSK = "test-psk-123"
+
+
+def communicator(path: str, token: str | None = None, extra: list | None = None) -> WebsocketCommunicator:
+    headers = [(b"origin", b"http://localhost"), (b"host", b"localhost")]
+    if token:
+        headers.append((b"coder-session-token", token.encode()))
+    return WebsocketCommunicator(application, path, headers=headers + (extra or []))
+
+
+async def read_until_close(comm: WebsocketCommunicator, timeout: float = 10) -> tuple[list[Any], int]:
+    messages = []
+    while True:
+        out = await comm.receive_output(timeout=timeout)
+        if out["type"] == "websocket.close":
+            return messages, out.get("code", 1000)
+        import json
+
+        messages.append(json.loads(out["text"]))
+
+
+def start_daemon(tmp_path) -> tuple[Daemon, threading.Thread]:
+    daemon = Daemon("d1", data_dir=tmp_path, poll_interval=0.05)
+    thread = threading.Thread(target=daemon.serve, daemon=True)
+    thread.start()
+    return daemon, thread
+
+
+@pytest.fixture
+def streaming(owner):
+    template = ready_template(owner, "stream", {"start": {"duration_ms": 400, "logs": LINES}})
+    return make_workspace(owner, template)
+
+
+async def test_it_streams_build_logs_backlog_then_live_and_closes_at_the_end(owner, streaming, tmp_path):
+    token = await sync_to_async(token_for)(owner)
+    build_id = await sync_to_async(lambda: streaming.latest_build.id)()
+    comm = communicator(f"/api/v2/workspacebuilds/{build_id}/logs?follow", token)
+    connected, _ = await comm.connect(timeout=5)
+    assert connected
+    daemon, thread = start_daemon(tmp_path)
+    try:
+        messages, code = await read_until_close(comm)
+    finally:
+        daemon.shutdown()
+        thread.join(10)
+    assert code == 1000
+    assert [m["output"] for m in messages] == LINES
+    ids = [m["id"] for m in messages]
+    assert ids == sorted(set(ids))
+    assert set(messages[0]) >= {"id", "created_at", "level", "stage", "output"}
+
+    # A follower arriving after the end gets the backlog (or what is after `after`) and a close.
+    late = communicator(f"/api/v2/workspacebuilds/{build_id}/logs?follow&after={ids[2]}", token)
+    assert (await late.connect(timeout=5))[0]
+    messages, code = await read_until_close(late)
+    assert ([m["id"] for m in messages], code) == (ids[3:], 1000)
+
+
+async def test_it_refuses_a_follower_without_a_token_or_access(owner, member, streaming):
+    build_id = await sync_to_async(lambda: streaming.latest_build.id)()
+    path = f"/api/v2/workspacebuilds/{build_id}/logs?follow"
+    assert (await communicator(path).connect(timeout=5))[0] is False
+    assert (await communicator(path, "bad-token").connect(timeout=5))[0] is False
+    member_token = await sync_to_async(token_for)(member)
+    assert (await communicator(path, member_token).connect(timeout=5))[0] is False
+
+
+async def test_it_accepts_the_token_as_a_cookie_or_bearer(owner, streaming, tmp_path):
+    token = await sync_to_async(token_for)(owner)
+    build_id = await sync_to_async(lambda: streaming.latest_build.id)()
+    path = f"/api/v2/workspacebuilds/{build_id}/logs?follow"
+    for header in [
+        (b"cookie", f"coder_session_token={token}".encode()),
+        (b"authorization", f"Bearer {token}".encode()),
+    ]:
+        comm = communicator(path, extra=[header])
+        assert (await comm.connect(timeout=5))[0]
+        await comm.disconnect()
+
+
+async def test_it_streams_a_template_version_import_log(owner, tmp_path):
+    template = await sync_to_async(make_echo_template)(owner, name="imp")
+    version_id = await sync_to_async(lambda: template.active_version_id)()
+    token = await sync_to_async(token_for)(owner)
+    comm = communicator(f"/api/v2/templateversions/{version_id}/logs?follow", token)
+    assert (await comm.connect(timeout=5))[0]
+    daemon, thread = start_daemon(tmp_path)
+    try:
+        messages, code = await read_until_close(comm)
+    finally:
+        daemon.shutdown()
+        thread.join(10)
+    assert ([m["output"] for m in messages], code) == (["echo: template version imported"], 1000)
+
+
+async def test_it_pushes_the_workspace_on_watch_ws_each_time_it_changes(owner, streaming, tmp_path):
+    token = await sync_to_async(token_for)(owner)
+    comm = communicator(f"/api/v2/workspaces/{streaming.id}/watch-ws", token)
+    assert (await comm.connect(timeout=5))[0]
+    first = await comm.receive_json_from(timeout=5)
+    assert first["id"] == str(streaming.id)
+    assert first["latest_build"]["job"]["status"] == "pending"
+    daemon, thread = start_daemon(tmp_path)
+    try:
+        seen = []
+        while not seen or seen[-1] != "succeeded":
+            seen.append((await comm.receive_json_from(timeout=10))["latest_build"]["job"]["status"])
+    finally:
+        daemon.shutdown()
+        thread.join(10)
+        await comm.disconnect()
+    assert seen[0] == "running"
+    assert seen[-1] == "succeeded"
+
+
+def serve_communicator(psk: str | None) -> WebsocketCommunicator:
+    extra = [(b"coder-provisioner-daemon-psk", psk.encode())] if psk else []
+    return communicator("/api/v2/organizations/default/provisionerdaemons/serve", extra=extra)
+
+
+async def test_it_refuses_an_external_daemon_without_the_right_key(owner, settings):
+    settings.PROVISIONER_DAEMON_PSK = PSK
+    assert (await serve_communicator(None).connect(timeout=5))[0] is False
+    assert (await serve_communicator("wrong").connect(timeout=5))[0] is False
+    settings.PROVISIONER_DAEMON_PSK = ""  # no key configured: external daemons are off
+    assert (await serve_communicator("").connect(timeout=5))[0] is False
+
+
+async def test_it_serves_a_job_to_an_external_daemon_over_the_socket(owner, streaming, settings):
+    settings.PROVISIONER_DAEMON_PSK = PSK
+    comm = serve_communicator(PSK)
+    assert (await comm.connect(timeout=5))[0]
+    await comm.send_json_to({"type": "hello", "name": "remote-1", "provisioners": ["echo"]})
+    welcome = await comm.receive_json_from(timeout=5)
+    assert welcome["type"] == "welcome"
+    await comm.send_json_to({"type": "acquire"})
+    job = (await comm.receive_json_from(timeout=5))["job"]
+    assert (job["workspace_name"], job["transition"], job["source"]["start"]["logs"]) == (
+        "ws",
+        "start",
+        LINES,
+    )
+    await comm.send_json_to({"type": "heartbeat", "job_id": job["job_id"]})
+    assert (await comm.receive_json_from(timeout=5))["state"] == "running"
+    await comm.send_json_to({"type": "logs", "job_id": job["job_id"], "logs": [{"output": "remote says hi"}]})
+    await comm.send_json_to({"type": "complete", "job_id": job["job_id"], "error": ""})
+    assert (await comm.receive_json_from(timeout=5))["status"] == "succeeded"
+    row = await sync_to_async(ProvisionerDaemon.objects.get)(id=welcome["daemon_id"])
+    assert (row.external, row.name, row.current_job_id) == (True, "remote-1", None)
+    await comm.send_json_to({"type": "acquire"})
+    assert (await comm.receive_json_from(timeout=5))["type"] == "no_job"
+    await comm.send_json_to({"type": "nonsense"})
+    assert (await comm.receive_json_from(timeout=5))["type"] == "error"
+    await comm.disconnect()
+
+    job_row = await sync_to_async(build_job)(streaming)
+    assert job_row.get_status() == "succeeded"
+    assert await sync_to_async(lambda: list(job_row.logs.values_list("output", flat=True)))() == [
+        "remote says hi"
+    ]
+
+
+async def test_it_fails_the_job_of_an_external_daemon_that_disconnects(owner, streaming, settings):
+    settings.PROVISIONER_DAEMON_PSK = PSK
+    comm = serve_communicator(PSK)
+    assert (await comm.connect(timeout=5))[0]
+    await comm.send_json_to({"type": "hello", "name": "flaky"})
+    await comm.receive_json_from(timeout=5)
+    await comm.send_json_to({"type": "acquire"})
+    assert (await comm.receive_json_from(timeout=5))["type"] == "job"
+    await comm.disconnect()
+    job = await sync_to_async(build_job)(streaming)
+    assert job.get_status() == "failed"
+    assert "disconnected" in job.error
