@@ -78,7 +78,9 @@ MAX_TOKEN_LIFETIME = env_duration("CODER_MAX_TOKEN_LIFETIME", "720h")
 API_KEY_LAST_USED_WRITE_INTERVAL = 60.0
 
 INSTALLED_APPS = [
-    "daphne",  # first, so that runserver serves websockets
+    # Before daphne: its runserver (Daphne's, plus in-process provisioner daemons) must win.
+    "provisioner",
+    "daphne",  # so that runserver serves websockets
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -89,7 +91,6 @@ INSTALLED_APPS = [
     "coderd",
     "coderd.users",
     "coderd.workspaces",
-    "provisioner",
     "metrics",
 ]
 
