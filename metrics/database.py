@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -91,6 +92,39 @@ def _f(name: str):
     return F(name)
 
 
+_EOF = b"# EOF\n"
+
+
+class _Families:
+    """Enough of a registry for prometheus_client's encoders."""
+
+    def __init__(self, families: list) -> None:
+        self.families = families
+
+    def collect(self):
+        return iter(self.families)
+
+
+class Rendered:
+    """The database families as exposition text, and as the start of a gzip stream: a scrape
+    copies the compressor's state and only compresses the live families after them."""
+
+    def __init__(self, key: tuple, text: bytes) -> None:
+        self.key = key
+        self.text = text
+        self._gzip: tuple[bytes, object] | None = None
+        self._lock = threading.Lock()
+
+    def gzip_with(self, tail: bytes) -> bytes:
+        with self._lock:
+            if self._gzip is None:
+                compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: a gzip member
+                self._gzip = (compressor.compress(self.text), compressor)
+            head, compressor = self._gzip
+            rest = compressor.copy()
+        return head + rest.compress(tail) + rest.flush()
+
+
 class MemoryCacheStore:
     """One process: the cache is an attribute, the stale mark a counter."""
 
@@ -124,14 +158,26 @@ class FileCacheStore:
         self.cache = directory / "coderd-db-gauges.json"
         self.marker = directory / "coderd-db-stale"
         self.lock = directory / "coderd-db-gauges.lock"
+        self._loaded: tuple[tuple[int, int, int], DatabaseCounts] | None = None
 
     def load(self) -> DatabaseCounts | None:
+        # Parsing tens of thousands of rows at every scrape would cost more than the scrape: keep the
+        # parsed file until another process replaces it.
+        try:
+            st = self.cache.stat()
+        except FileNotFoundError:
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._loaded is not None and self._loaded[0] == key:
+            return self._loaded[1]
         try:
             data = json.loads(self.cache.read_text())
         except (FileNotFoundError, ValueError):
             return None
         data["per_template"] = [tuple(row) for row in data["per_template"]]
-        return DatabaseCounts(**data)
+        counts = DatabaseCounts(**data)
+        self._loaded = (key, counts)
+        return counts
 
     def save(self, counts: DatabaseCounts) -> None:
         tmp = self.cache.with_suffix(f".{os.getpid()}.tmp")
@@ -180,6 +226,8 @@ class DatabaseCollector(Collector):
         self.clock = clock
         self.query = query
         self._lock = threading.Lock()
+        self._render_lock = threading.Lock()
+        self._rendered: dict[str, Rendered] = {}
 
     def mark_stale(self) -> None:
         self.store.mark_stale()
@@ -224,13 +272,34 @@ class DatabaseCollector(Collector):
     def describe(self):
         return []  # no collect() at registration: it would query the database
 
+    def rendered(self, content_type: str, encoder: Callable) -> Rendered:
+        """These families in one exposition format, rendered by prometheus_client once per refresh.
+
+        The per-template family has a series per (template, version, owner, transition, status):
+        tens of thousands in a large deployment, far too many to format at every scrape."""
+        counts = self.counts()
+        key = (counts.computed_at, counts.generation, content_type)
+        with self._render_lock:
+            cached = self._rendered.get(content_type)
+            if cached is not None and cached.key == key:
+                return cached
+            text = encoder(_Families(self._families(counts)))
+            if text.endswith(_EOF):  # OpenMetrics: the live families follow, then the one # EOF
+                text = text[: -len(_EOF)]
+            rendered = Rendered(key, text)
+            self._rendered[content_type] = rendered
+            return rendered
+
     def collect(self):
-        c = self.counts()
+        return iter(self._families(self.counts()))
+
+    def _families(self, c: DatabaseCounts) -> list:
+        out = []
         active = GaugeMetricFamily(
             "coderd_api_active_users_duration_hour", HELP["coderd_api_active_users_duration_hour"]
         )
         active.add_metric([], c.active_users)
-        yield active
+        out.append(active)
         names = ["coderd_api_workspace_latest_build"]
         if self.legacy:
             names.insert(0, "coderd_api_workspace_latest_build_total")
@@ -238,13 +307,13 @@ class DatabaseCollector(Collector):
             family = GaugeMetricFamily(name, HELP[name], labels=["status"])
             for status in JOB_STATUSES:
                 family.add_metric([status], c.latest_build.get(status, 0))
-            yield family
+            out.append(family)
         users = GaugeMetricFamily(
             "coderd_api_total_user_count", HELP["coderd_api_total_user_count"], labels=["status"]
         )
         for status in USER_STATUSES:
             users.add_metric([status], c.users.get(status, 0))
-        yield users
+        out.append(users)
         per_template = GaugeMetricFamily(
             "coderd_workspace_latest_build_status",
             HELP["coderd_workspace_latest_build_status"],
@@ -252,7 +321,8 @@ class DatabaseCollector(Collector):
         )
         for *labels, n in c.per_template:
             per_template.add_metric([str(v) for v in labels], n)
-        yield per_template
+        out.append(per_template)
+        return out
 
 
 def _close_thread_connection() -> None:

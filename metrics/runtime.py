@@ -55,7 +55,8 @@ def multiprocess_dir() -> str | None:
 @dataclass
 class MetricsState:
     metrics: CoderMetrics
-    registry: CollectorRegistry  # what the listener and /metrics serve
+    registry: CollectorRegistry  # what the listener and /metrics serve: live + database
+    live_registry: CollectorRegistry  # everything but the database gauges
     database: DatabaseCollector | None
     multiprocess: bool = False
     loops: weakref.WeakSet = field(default_factory=weakref.WeakSet)
@@ -77,13 +78,13 @@ def build_state(
     root_pid: int | None = None,
 ) -> MetricsState:
     """A complete metrics state on fresh registries (the server's, an external daemon's, a test's)."""
-    served = CollectorRegistry()
+    live = CollectorRegistry()  # everything but the database gauges
     if multiproc_dir:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         # The live objects go to this process's mmap files; the served registry reads every file.
         metrics = build_metrics(CollectorRegistry(), legacy=legacy)
-        MultiProcessCollector(served, path=multiproc_dir)
+        MultiProcessCollector(live, path=multiproc_dir)
         store = FileCacheStore(Path(multiproc_dir))
         tasks_gauge = Gauge(
             "python_asyncio_tasks",
@@ -92,26 +93,39 @@ def build_state(
             multiprocess_mode="livesum",
         )
     else:
-        metrics = build_metrics(served, legacy=legacy)
+        metrics = build_metrics(live, legacy=legacy)
         store = MemoryCacheStore()
         tasks_gauge = None
+    ProcessCollector(pid=root_pid, registry=live)
+    PlatformCollector(registry=live)
+    GCCollector(registry=live)
+    served = CollectorRegistry()
+    served.register(_Union(live))
     database = None
     if with_database:
         database = DatabaseCollector(legacy=legacy, interval=refresh_interval, store=store)
         served.register(database)
-    ProcessCollector(pid=root_pid, registry=served)
-    PlatformCollector(registry=served)
-    GCCollector(registry=served)
     state = MetricsState(
         metrics=metrics,
         registry=served,
+        live_registry=live,
         database=database,
         multiprocess=bool(multiproc_dir),
         asyncio_tasks_gauge=tasks_gauge,
     )
     if tasks_gauge is None:
-        served.register(AsyncioTasksCollector(state.loops))
+        live.register(AsyncioTasksCollector(state.loops))
     return state
+
+
+class _Union:
+    """The live registry as one collector of the served registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self):
+        return self.registry.collect()
 
 
 _lock = threading.Lock()

@@ -7,6 +7,8 @@ Interfaces for the rest of the house:
   JobObserver for in-process daemons. A port in use or a bad address: one line on stderr, exit 1.
 - `start_listener(host, port, state=None)` -> Listener (raises ListenerError with one clear line).
 - `get_observer()` -> the JobObserver feeding this process's metrics.
+- `start_daemon_metrics(host, port)` -> (stop, observer): an external `provisionerd`'s own listener
+  and registry (job and process metrics; no database gauges), as Coder's provisionerd serves.
 - `expose(state, accept, accept_encoding)` -> (status, headers, body): both doors use it.
 
 The listener is prometheus_client's own WSGI server machinery (a thread per scrape, so a scrape
@@ -25,7 +27,13 @@ from collections.abc import Callable
 from urllib.parse import parse_qs
 from wsgiref.simple_server import make_server
 
-from prometheus_client.exposition import ThreadingWSGIServer, _bake_output, _SilentHandler
+from prometheus_client.exposition import (
+    ThreadingWSGIServer,
+    _bake_output,
+    _SilentHandler,
+    choose_encoder,
+    gzip_accepted,
+)
 
 from metrics import runtime
 from metrics.observer import MetricsJobObserver
@@ -41,7 +49,22 @@ class ListenerError(RuntimeError):
 def expose(
     state: MetricsState, accept: str | None, accept_encoding: str | None, params: dict | None = None
 ) -> tuple[str, list[tuple[str, str]], bytes]:
-    return _bake_output(state.registry, accept, accept_encoding, params or {}, False)
+    """(status, headers, body) of one scrape, in the format `accept` asks for, gzipped when asked.
+
+    prometheus_client's encoders write every byte. The database families are rendered once per
+    refresh (`DatabaseCollector.rendered`) and put first; the live families are rendered at each
+    scrape and follow (family order carries no meaning; OpenMetrics' `# EOF` stays last)."""
+    params = params or {}
+    if state.database is None or "name[]" in params:
+        return _bake_output(state.registry, accept, accept_encoding, params, False)
+    encoder, content_type = choose_encoder(accept)
+    cached = state.database.rendered(content_type, encoder)
+    live = encoder(state.live_registry)
+    headers = [("Content-Type", content_type)]
+    if gzip_accepted(accept_encoding):
+        headers.append(("Content-Encoding", "gzip"))
+        return "200 OK", headers, cached.gzip_with(live)
+    return "200 OK", headers, cached.text + live
 
 
 def make_listener_app(state: MetricsState | None = None) -> Callable:
@@ -127,6 +150,16 @@ def start_listener(host: str, port: int, state: MetricsState | None = None) -> L
 def get_observer() -> MetricsJobObserver:
     """The JobObserver for daemons of this process (follows `runtime.current()`)."""
     return MetricsJobObserver()
+
+
+def start_daemon_metrics(host: str, port: int) -> tuple[Callable[[], None], MetricsJobObserver]:
+    """An external daemon's metrics: its own registry and listener (raises ListenerError)."""
+    from django.conf import settings
+
+    state = runtime.build_state(legacy=settings.PROMETHEUS_LEGACY_METRICS, with_database=False)
+    runtime.install(state)
+    listener = start_listener(host, port, state)
+    return listener.stop, MetricsJobObserver(state.metrics, on_change=None)
 
 
 def refresh_database_gauges() -> None:

@@ -233,3 +233,27 @@ def test_it_sums_workers_in_multiprocess_mode_and_forgets_dead_ones(tmp_path):
     samples = collect("mark-dead")
     assert samples[key] == 7  # counters stay
     assert samples.get(("coderd_api_concurrent_requests", ()), 0) == 0  # live gauges vanish
+
+
+def test_it_serves_the_same_exposition_gzipped_and_plain_and_follows_refreshes(state, owner):
+    from metrics.serving import expose
+    from tests.fixtures import make_user
+
+    for accept in (None, "application/openmetrics-text; version=1.0.0"):
+        _, _, plain = expose(state, accept, None)
+        _, headers, zipped = expose(state, accept, "gzip")
+        assert dict(headers)["Content-Encoding"] == "gzip"
+        # Process and GC values move between two scrapes; the families and the text's start do not.
+        unzipped = gzip.decompress(zipped)
+        assert _names(unzipped.decode()) == _names(plain.decode())
+        assert unzipped[:2000] == plain[:2000]
+    _, _, before = expose(state, None, "gzip")
+    make_user(owner, "newcomer")  # a signal marks the gauges stale: the next scrape recounts
+    _, _, after = expose(state, None, "gzip")
+
+    def active_users(body: bytes) -> float:
+        families = text_string_to_metric_families(gzip.decompress(body).decode())
+        users = next(f for f in families if f.name == "coderd_api_total_user_count")
+        return next(s.value for s in users.samples if s.labels["status"] == "active")
+
+    assert (active_users(before), active_users(after)) == (1, 2)
