@@ -7,18 +7,22 @@ is logged with its traceback and answered 500 in the same shape, never with a tr
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import json
 import logging
+import re
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError
+from django.db import DataError, IntegrityError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.urls import URLPattern
 from ninja import NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.parser import Parser
 
 from coderd.errors import APIError
 from coderd.users.auth import session_auth
@@ -59,35 +63,68 @@ def _validation_detail(error: dict[str, Any]) -> str:
 
 class CoderAPI(NinjaAPI):
     def _get_urls(self) -> list:
-        # ninja answers a wrong method with a plain-text 405; give it the JSON shape too.
         urls = super()._get_urls()
         for pattern in urls:
             if isinstance(pattern, URLPattern) and getattr(pattern.callback, "csrf_exempt", False):
-                pattern.callback = _json_not_allowed(pattern.callback)
+                pattern.callback = _guarded(pattern.callback)
         return urls
 
 
-def _json_not_allowed(view: Any) -> Any:
-    import asyncio
+# NUL is refused by PostgreSQL text and jsonb; a lone surrogate (JSON "\\ud800") by every encoder.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
-    def convert(response: Any) -> Any:
-        if isinstance(response, HttpResponseNotAllowed):
-            converted = json_error(405, "Method not allowed.", detail=f"Allowed: {response['Allow']}.")
-            converted["Allow"] = response["Allow"]
-            return converted
-        return response
 
+def _check_storable(value: Any) -> None:
+    if isinstance(value, str):
+        if _UNSTORABLE.search(value):
+            raise ValueError("strings must not contain NUL characters or lone surrogates")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_storable(key)
+            _check_storable(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_storable(item)
+
+
+class StorableJSONParser(Parser):
+    """JSON bodies whose strings a database can store; anything else is a 400 like bad JSON."""
+
+    def parse_body(self, request: HttpRequest) -> Any:
+        data = json.loads(request.body)
+        _check_storable(data)
+        return data
+
+
+def _refusal(request: HttpRequest) -> HttpResponse | None:
+    """A NUL in the path or the query string, which no lookup can use (PostgreSQL refuses it)."""
+    query = request.META.get("QUERY_STRING", "")
+    if "\x00" in request.path or "%00" in query or "\x00" in query:
+        return json_error(400, "The request must not contain NUL characters.")
+    return None
+
+
+def _not_allowed_as_json(response: Any) -> Any:
+    # ninja answers a wrong method with a plain-text 405; give it the JSON shape too.
+    if isinstance(response, HttpResponseNotAllowed):
+        converted = json_error(405, "Method not allowed.", detail=f"Allowed: {response['Allow']}.")
+        converted["Allow"] = response["Allow"]
+        return converted
+    return response
+
+
+def _guarded(view: Any) -> Any:
     if asyncio.iscoroutinefunction(view):
 
         @functools.wraps(view)
         async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-            return convert(await view(request, *args, **kwargs))
+            return _refusal(request) or _not_allowed_as_json(await view(request, *args, **kwargs))
 
         return async_wrapper
 
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-        return convert(view(request, *args, **kwargs))
+        return _refusal(request) or _not_allowed_as_json(view(request, *args, **kwargs))
 
     return wrapper
 
@@ -98,6 +135,7 @@ api = CoderAPI(
     description="A Coder-shaped control plane for developer workspaces.",
     urls_namespace="api",
     auth=session_auth,
+    parser=StorableJSONParser(),
 )
 
 
@@ -122,7 +160,11 @@ def _authentication_error(request: HttpRequest, exc: AuthenticationError) -> Htt
 @api.exception_handler(HttpError)
 def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     if exc.status_code == 400:  # ninja's "Cannot parse request body"
-        return json_error(400, "Request body must be valid JSON.", detail=str(exc))
+        return json_error(
+            400,
+            "Request body must be valid JSON.",
+            detail="It is not JSON, or one of its strings holds a NUL character or a lone surrogate.",
+        )
     return json_error(exc.status_code, str(exc))
 
 
@@ -142,6 +184,19 @@ def _integrity_error(request: HttpRequest, exc: IntegrityError) -> HttpResponse:
     # Services check uniqueness first; this is the race where two requests pass the check at once.
     log.info("integrity error on %s %s: %s", request.method, request.path, exc)
     return json_error(409, "The request conflicts with existing data.", detail="A name may already be taken.")
+
+
+@api.exception_handler(DataError)
+def _data_error(request: HttpRequest, exc: DataError) -> HttpResponse:
+    # A value the database cannot store (too long for a column, out of range): the client's input.
+    log.info("data error on %s %s: %s", request.method, request.path, exc)
+    return json_error(400, "The request contains a value that cannot be stored.")
+
+
+@api.exception_handler(UnicodeError)
+def _unicode_error(request: HttpRequest, exc: UnicodeError) -> HttpResponse:
+    # JSON may carry lone surrogates ("\\ud800") that no database encoding accepts.
+    return json_error(400, "The request contains text that is not valid Unicode.")
 
 
 @api.exception_handler(DjangoValidationError)

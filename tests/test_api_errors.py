@@ -291,3 +291,34 @@ def test_it_never_answers_random_json_with_a_500(api, path, body):
     assert response.status_code < 500, response.content
     if response.status_code >= 400:
         assert set(response.json()) == SHAPE
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        (
+            "POST",
+            "organizations/default/templateversions",
+            b'{"name": "a\\u0000b", "provisioner": "echo", "source": {}}',
+        ),
+        (
+            "POST",
+            "organizations/default/templateversions",
+            b'{"name": "a\x00b", "provisioner": "echo", "source": {}}',
+        ),
+        (
+            "POST",
+            "organizations/default/templateversions",
+            b'{"name": "\\ud800", "provisioner": "echo", "source": {}}',
+        ),
+        (
+            "POST",
+            "organizations/default/templateversions",
+            b'{"provisioner": "echo", "source": {"start": {"logs": ["\\udfff"]}}}',
+        ),
+        ("GET", "users/a%00b", None),
+        ("GET", "workspaces?q=name:a%00", None),
+    ],
+)
+def test_it_refuses_text_no_database_can_store_with_400(api, method, path, body):
+    assert_error(api.request(method, path, body=body), 400)
