@@ -1,6 +1,3 @@
-import os
-import sys
-
 from django.apps import AppConfig
 
 
@@ -9,7 +6,9 @@ class MetricsConfig(AppConfig):
     verbose_name = "Metrics"
 
     def ready(self) -> None:
+        from coderd import lifecycle
         from metrics import autostart, signals
 
         signals.connect()
-        autostart.for_runserver(sys.argv, os.environ)
+        # Order 10: the observer must be in the context before the provisioner starts its daemons.
+        lifecycle.on_serve_start(autostart.on_serve_start, order=10)

@@ -181,7 +181,7 @@ def start_metrics() -> tuple[Callable[[], None], MetricsJobObserver]:
     try:
         listener = start_listener(host, port)
     except ListenerError as exc:
-        sys.stderr.write(f"coderd server: {exc}\n")
+        sys.stderr.write(f"coderd: {exc}\n")
         sys.exit(1)
     refresh_database_gauges()
     return listener.stop, get_observer()

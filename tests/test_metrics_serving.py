@@ -18,7 +18,7 @@ from metrics import runtime
 from metrics.autostart import should_start
 from metrics.serving import ListenerError, start_listener
 from tests.fixtures import token_for
-from tests.services import REPO, http_get
+from tests.services import REPO, ServerProcess, free_port, http_get
 
 
 @pytest.fixture
@@ -95,19 +95,41 @@ def test_it_refuses_a_bad_address_with_one_line():
 
 
 @pytest.mark.parametrize(
-    ("argv", "environ", "enabled", "expected"),
-    [
-        (["manage.py", "runserver"], {"RUN_MAIN": "true"}, True, True),  # the reloader's child
-        (["manage.py", "runserver"], {}, True, False),  # the reloader's parent
-        (["manage.py", "runserver", "--noreload"], {}, True, True),
-        (["manage.py", "runserver"], {"RUN_MAIN": "true"}, False, False),
-        (["manage.py", "migrate"], {"RUN_MAIN": "true"}, True, False),
-        (["manage.py", "server"], {}, True, False),  # starts it itself
-        (["pytest"], {}, True, False),
-    ],
+    ("command", "enabled", "expected"),
+    [("runserver", True, True), ("runserver", False, False), ("server", True, False)],
 )
-def test_it_starts_under_runserver_only_in_the_serving_process(argv, environ, enabled, expected):
-    assert should_start(argv, environ, enabled) is expected
+def test_it_starts_from_the_serve_hook_only_for_runserver(command, enabled, expected):
+    assert should_start(command, enabled) is expected
+
+
+def test_it_serves_metrics_under_runserver_from_the_reloaders_child_only(tmp_path):
+    http_port, metrics_port = free_port(), free_port()
+    process = ServerProcess(
+        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{http_port}", "--provisioner-daemons", "1"],
+        {
+            "CODER_DATA_DIR": str(tmp_path),
+            "CODER_PROMETHEUS_ENABLE": "true",
+            "CODER_PROMETHEUS_ADDRESS": f"127.0.0.1:{metrics_port}",
+            "PYTHONUNBUFFERED": "1",
+        },
+        name="runserver",
+    )
+    try:
+        process.wait_http(f"http://127.0.0.1:{metrics_port}/", timeout=60)
+        process.wait_http(f"http://127.0.0.1:{http_port}/api/v2/buildinfo", timeout=60)
+        status, _, body = http_get(f"http://127.0.0.1:{metrics_port}/")
+        assert status == 200
+        daemons = next(
+            f
+            for f in text_string_to_metric_families(body.decode())
+            if f.name == "coderd_provisionerd_num_daemons"
+        )
+        assert daemons.samples[0].value == 1
+        # Had the reloader's parent bound the port too, its child would have died on "address in use".
+        process.check_alive()
+        assert "address already in use" not in process.log()
+    finally:
+        process.stop()
 
 
 # --- /metrics on the main port ---------------------------------------------------------------------
