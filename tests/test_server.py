@@ -3,13 +3,18 @@ and stops cleanly on SIGTERM. Every process is started on a port chosen now and 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import urllib.request
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -222,3 +227,101 @@ def test_it_serves_under_runserver_too(tmp_path: Path) -> None:
         assert "ASGI/Daphne" in server.log() or "daphne" in server.log().lower()
     finally:
         server.stop()
+
+
+# --- stopping with a build running ----------------------------------------------------------------
+
+
+def api(base: str, method: str, path: str, body: dict | None = None, token: str = "") -> Any:
+    request = urllib.request.Request(
+        f"{base}/api/v2/{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json", **({"Coder-Session-Token": token} if token else {})},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def start_a_build(base: str, start_ms: int) -> tuple[str, str]:
+    """First user, an echo template whose start takes `start_ms`, a workspace: (token, build id),
+    once the build is running."""
+    api(
+        base,
+        "POST",
+        "users/first",
+        {"email": "a@example.com", "username": "a", "password": "a-long-passphrase"},
+    )
+    token = api(base, "POST", "users/login", {"email": "a@example.com", "password": "a-long-passphrase"})[
+        "session_token"
+    ]
+    source = {"start": {"duration_ms": start_ms, "logs": ["working"]}}
+    version = api(
+        base,
+        "POST",
+        "organizations/default/templateversions",
+        {"provisioner": "echo", "source": source},
+        token,
+    )["id"]
+    wait_for(
+        lambda: api(base, "GET", f"templateversions/{version}", token=token)["job"]["status"] == "succeeded",
+        30,
+        "the template import",
+    )
+    template = api(
+        base, "POST", "organizations/default/templates", {"name": "t", "template_version_id": version}, token
+    )["id"]
+    workspace = api(
+        base,
+        "POST",
+        "organizations/default/members/me/workspaces",
+        {"name": "w", "template_id": template},
+        token,
+    )
+    build = workspace["latest_build"]["id"]
+    wait_for(
+        lambda: api(base, "GET", f"workspacebuilds/{build}", token=token)["job"]["status"] == "running",
+        30,
+        "the build to start running",
+    )
+    return token, build
+
+
+def job_outcome(data_dir: Path, build: str) -> tuple[bool, str]:
+    """(completed, error) of a build's job, read from the stopped server's SQLite file."""
+    with sqlite3.connect(data_dir / "coderd.sqlite3") as db:
+        row = db.execute(
+            "SELECT j.completed_at, j.error FROM provisioner_provisionerjob j "
+            "JOIN workspaces_workspacebuild b ON b.job_id = j.id WHERE b.id = ?",
+            (uuid.UUID(build).hex,),
+        ).fetchone()
+    return row[0] is not None, row[1]
+
+
+def test_it_lets_the_running_build_finish_on_sigterm(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--http-address", "127.0.0.1:0", "--provisioner-daemons", "1")
+    try:
+        base = served_url(server)
+        _, build = start_a_build(base, start_ms=1500)
+        assert stop_by_sigterm(server, timeout=30) == 0
+    finally:
+        server.stop()
+    assert job_outcome(tmp_path, build) == (True, "")  # finished, not failed
+    assert "stopping 1 provisioner daemon(s)" in server.log()
+
+
+def test_it_stops_at_once_on_a_second_sigterm(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--http-address", "127.0.0.1:0", "--provisioner-daemons", "1")
+    try:
+        base = served_url(server)
+        _, build = start_a_build(base, start_ms=120_000)
+        os.kill(server.pid, signal.SIGTERM)
+        wait_for(lambda: "stopping 1 provisioner daemon(s)" in server.log(), 15, "the daemons' shutdown")
+        os.kill(server.pid, signal.SIGTERM)
+        # Far sooner than the two-minute build or the 30 s graceful wait.
+        assert server.popen.wait(timeout=15) == 0
+    finally:
+        server.stop()
+    completed, error = job_outcome(tmp_path, build)
+    assert completed and error  # the interrupted job is recorded as failed
+    assert "Traceback" not in server.log()

@@ -197,15 +197,17 @@ class Command(BaseCommand):
             http_url = _http_url(sock)
             stop_metrics, observer = _start_metrics(options)
             try:
-                daemons = _start_daemons(settings.PROVISIONER_DAEMONS, observer)
+                daemons = stop.daemons = _start_daemons(settings.PROVISIONER_DAEMONS, observer)
                 try:
                     self._announce(sock, http_url)
                     if not stop.requested:
                         self._serve(sock, stop)
                 finally:
-                    if daemons is not None:
+                    if settings.PROVISIONER_DAEMONS:
                         logger.info("stopping %d provisioner daemon(s)", settings.PROVISIONER_DAEMONS)
-                        daemons.shutdown(graceful=not stop.forced)
+                    # Graceful: running jobs finish (up to the group's timeout); a second signal
+                    # closes them instead (their jobs are recorded as failed).
+                    daemons.shutdown(graceful=not stop.forced)
             finally:
                 stop_metrics()
         logger.info("stopped")
@@ -276,6 +278,7 @@ class _StopFlag:
         self.requested = False
         self.forced = False
         self.server: _Server | None = None
+        self.daemons: Any = None
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
@@ -285,6 +288,9 @@ class _StopFlag:
         self.requested = True
         if self.server is not None:
             self.server.stop(force=self.forced)
+        if self.forced and self.daemons is not None:
+            for daemon in self.daemons.daemons:
+                daemon.close()
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -347,15 +353,7 @@ def _start_metrics(options: dict[str, Any]) -> tuple[Callable[[], None], Any]:
 
 
 def _start_daemons(count: int, observer: Any) -> Any:
-    """In-process provisioner daemons (threads); None when there are none to run."""
-    if count == 0:
-        return None
-    try:
-        from provisioner.daemon import start_in_process
-    except ImportError:
-        sys.stderr.write(
-            "coderd server: in-process provisioner daemons are not available "
-            "(use --provisioner-daemons 0 and external daemons)\n"
-        )
-        sys.exit(1)
+    """In-process provisioner daemons (threads) and the hung-job reaper, which runs even with 0."""
+    from provisioner.daemon import start_in_process
+
     return start_in_process(count, observer=observer)
