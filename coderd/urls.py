@@ -12,5 +12,7 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
 ]
 
-# API clients get JSON for unknown paths and malformed ids (path converters reject them).
+# API clients get JSON for unknown paths and malformed ids (path converters reject them), and for
+# errors outside the API's own handlers.
 handler404 = "coderd.views.not_found"
+handler500 = "coderd.views.server_error"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.defaults import page_not_found
+from django.views.defaults import server_error as django_server_error
 
 
 def healthz(request: HttpRequest) -> HttpResponse:
@@ -23,3 +24,17 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
             status=404,
         )
     return page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """handler500: an error outside the API's own handlers (a middleware) still answers API JSON."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(
+            {
+                "message": "An internal error occurred.",
+                "detail": "The error was logged on the server.",
+                "validations": [],
+            },
+            status=500,
+        )
+    return django_server_error(request)

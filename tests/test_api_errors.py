@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 
@@ -322,3 +323,13 @@ def test_it_never_answers_random_json_with_a_500(api, path, body):
 )
 def test_it_refuses_text_no_database_can_store_with_400(api, method, path, body):
     assert_error(api.request(method, path, body=body), 400)
+
+
+def test_it_answers_errors_outside_the_api_handlers_with_json_under_api_only(db, rf):
+    from coderd.views import not_found, server_error
+
+    response = server_error(rf.get("/api/v2/users/me"))
+    assert response.status_code == 500
+    assert set(json.loads(response.content)) == SHAPE
+    assert not server_error(rf.get("/admin/")).get("Content-Type", "").startswith("application/json")
+    assert not_found(rf.get("/nothing/here"), None).get("Content-Type", "").startswith("text/html")
