@@ -1,0 +1,211 @@
+"""`manage.py provisionerd start`: an external provisioner daemon (Coder's `coder provisionerd start`).
+
+    python manage.py provisionerd start --url https://coder.example.com --psk KEY \
+        [--name N] [--provisioner-types echo,shell] [--organization ORG] [--prometheus-address HOST:PORT]
+
+It connects to coderd's serve websocket with the pre-shared key and runs jobs here (shell scripts
+run under this machine's CODER_DATA_DIR/workspaces). It reconnects with backoff when coderd goes
+away. SIGTERM: finish the running job, then exit; a second SIGTERM, or SIGINT: stop the running
+job now (it is recorded failed) and exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from coderd.env import EnvError, parse_address, parse_bool, parse_duration
+from coderd.management.commands.server import OneLineParser, _Once
+from provisioner.runners import KNOWN_PROVISIONERS
+
+logger = logging.getLogger("provisioner.provisionerd")
+
+
+def _url(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value.strip())
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"--url={value!r} is not an http(s) URL (e.g. https://coder.example.com)"
+        )
+    return value.strip().rstrip("/")
+
+
+def _types(value: str) -> list[str]:
+    types = [t.strip() for t in value.split(",") if t.strip()]
+    unknown = [t for t in types if t not in KNOWN_PROVISIONERS]
+    if not types or unknown:
+        raise argparse.ArgumentTypeError(
+            f"--provisioner-types={value!r}: use a comma-separated list of {', '.join(KNOWN_PROVISIONERS)}"
+        )
+    return list(dict.fromkeys(types))
+
+
+def _wrap(parse: Any, name: str) -> Any:
+    def convert(value: str) -> Any:
+        try:
+            return parse(value, name)
+        except EnvError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+# flag -> (environment variable, default, help)
+ENV = {
+    "url": ("CODER_URL", None, "URL of coderd"),
+    "psk": ("CODER_PROVISIONER_DAEMON_PSK", None, "Pre-shared key coderd expects from external daemons"),
+    "name": ("CODER_PROVISIONER_DAEMON_NAME", "<hostname>", "Name shown in coderd's daemon list"),
+    "provisioner_types": ("CODER_PROVISIONER_TYPES", "echo,shell", "Provisioners this daemon runs"),
+    "organization": ("CODER_ORGANIZATION", "default", "Organization whose jobs to run (id or name)"),
+    "poll_interval": (
+        "CODER_PROVISIONER_DAEMON_POLL_INTERVAL",
+        "1s",
+        "How often an idle daemon asks for a job",
+    ),
+    "prometheus_enable": ("CODER_PROMETHEUS_ENABLE", "false", "Serve this daemon's metrics"),
+    "prometheus_address": ("CODER_PROMETHEUS_ADDRESS", "127.0.0.1:2112", "Address of the metrics listener"),
+}
+
+
+class Command(BaseCommand):
+    help = "Run an external provisioner daemon: `provisionerd start --url URL --psk KEY`."
+    requires_system_checks: list[str] = []
+    requires_migrations_checks = False
+    suppressed_base_arguments = {
+        "--version", "-v", "--verbosity", "--settings", "--pythonpath", "--traceback",
+        "--no-color", "--force-color",
+    }  # fmt: skip
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        parser.__class__ = OneLineParser
+        parser.allow_abbrev = False
+        return parser
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("action", choices=["start"], help="start: connect and run jobs")
+        types = {
+            "url": _url,
+            "psk": str,
+            "name": str,
+            "provisioner_types": _types,
+            "organization": str,
+            "poll_interval": _wrap(parse_duration, "--poll-interval"),
+            "prometheus_address": _wrap(parse_address, "--prometheus-address"),
+        }
+        metavars = {
+            "url": "URL",
+            "psk": "KEY",
+            "name": "NAME",
+            "provisioner_types": "TYPES",
+            "organization": "ORG",
+            "poll_interval": "DURATION",
+            "prometheus_enable": "BOOL",
+            "prometheus_address": "HOST:PORT",
+        }
+        for dest, (env, default, text) in ENV.items():
+            flag = "--" + dest.replace("_", "-")
+            extra: dict[str, Any] = (
+                {"nargs": "?", "const": True, "type": _wrap(parse_bool, flag)}
+                if dest == "prometheus_enable"
+                else {"type": types[dest]}
+            )
+            parser.add_argument(
+                flag,
+                dest=dest,
+                action=_Once,
+                default=None,
+                help=f"{text} [env {env}, default {default}]",
+                **extra,
+            )
+
+    def _value(self, options: dict[str, Any], dest: str) -> Any:
+        """The flag, else its CODER_* variable (parsed as the flag would be), else the default."""
+        if options.get(dest) is not None:
+            return options[dest]
+        env, default, _ = ENV[dest]
+        raw = os.environ.get(env)
+        if raw is None:
+            if default is None:
+                self._fail(f"--{dest.replace('_', '-')} is required (or set {env})")
+            if dest == "name":
+                return socket.gethostname()
+            raw = default
+        parsers = {
+            "url": _url,
+            "provisioner_types": _types,
+            "poll_interval": lambda v: parse_duration(v, env),
+            "prometheus_address": lambda v: parse_address(v, env),
+            "prometheus_enable": lambda v: parse_bool(v, env),
+        }
+        try:
+            return parsers.get(dest, str)(raw)
+        except (argparse.ArgumentTypeError, EnvError) as exc:
+            self._fail(str(exc).replace(f"--{dest.replace('_', '-')}=", f"{env}="))
+
+    def _fail(self, message: str, code: int = 2) -> None:
+        sys.stderr.write(f"provisionerd: {message}\n")
+        sys.exit(code)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from provisioner.remote import RemoteDaemon
+
+        logging.getLogger().setLevel(settings.LOG_LEVEL)
+        url = self._value(options, "url")
+        psk = self._value(options, "psk")
+        if not psk:
+            self._fail("--psk must not be empty")
+        name = self._value(options, "name")
+        types = self._value(options, "provisioner_types")
+        organization = self._value(options, "organization")
+        poll = self._value(options, "poll_interval")
+        # Giving --prometheus-address on the command line asks for metrics.
+        enable = options.get("prometheus_address") is not None or self._value(options, "prometheus_enable")
+        observer, stop_metrics = None, None
+        if enable:
+            host, port = self._value(options, "prometheus_address")
+            from metrics.serving import ListenerError, start_daemon_metrics
+
+            try:
+                stop_metrics, observer = start_daemon_metrics(host, port)
+            except ListenerError as exc:
+                self._fail(str(exc), code=1)
+            logger.info("serving metrics on http://%s:%d/", host, port)
+
+        daemon = RemoteDaemon(
+            url, psk, name, types, organization=organization, observer=observer, poll_interval=poll
+        )
+        terms = 0
+
+        def on_term(signum: int, frame: Any) -> None:
+            # Handlers only set flags; the loop does the work.
+            nonlocal terms
+            terms += 1
+            if signum == signal.SIGTERM and terms == 1:
+                logger.info("SIGTERM: finishing the running job, then exiting (again to stop it now)")
+                daemon.shutdown()
+            else:
+                logger.info("stopping the running job and exiting")
+                daemon.close()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        logger.info(
+            "provisionerd %s: %s for %s, data folder %s", name, ",".join(types), url, settings.DATA_DIR
+        )
+        try:
+            daemon.run()
+        finally:
+            if stop_metrics is not None:
+                stop_metrics()
+        logger.info("stopped")
