@@ -124,6 +124,7 @@ class Command(BaseCommand):
                 flag,
                 dest=dest,
                 action=_Once,
+                metavar=metavars[dest],
                 default=None,
                 help=f"{text} [env {env}, default {default}]",
                 **extra,
