@@ -184,61 +184,15 @@ class TemplateVersionLogsConsumer(JobLogsConsumer):
 
 
 def workspace_json(workspace_id: Any) -> dict[str, Any] | None:
-    """The workspace as the API returns it (the API's serializer when there is one)."""
+    """The workspace exactly as GET /api/v2/workspaces/{workspace} returns it."""
     from coderd.workspaces.models import Workspace
+    from coderd.workspaces.schemas import WORKSPACE_RELATED, WorkspaceOut
+    from coderd.workspaces.schemas import workspace_json as api_workspace_json
 
-    workspace = (
-        Workspace.objects.select_related("owner", "template", "latest_build__job")
-        .filter(id=workspace_id)
-        .first()
-    )
+    workspace = Workspace.objects.select_related(*WORKSPACE_RELATED).filter(id=workspace_id).first()
     if workspace is None:
         return None
-    try:
-        from coderd.workspaces.api import workspace_json as api_workspace_json
-    except ImportError:
-        return _workspace_json(workspace)
-    return json.loads(json.dumps(api_workspace_json(workspace), default=str))
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
-def _workspace_json(ws: Any) -> dict[str, Any]:
-    build = ws.latest_build
-    latest = None
-    if build is not None:
-        job = build.job
-        latest = {
-            "id": str(build.id),
-            "build_number": build.build_number,
-            "transition": build.transition,
-            "workspace_id": str(ws.id),
-            "status": job.get_status(),
-            "job": {
-                "id": str(job.id),
-                "status": job.get_status(),
-                "error": job.error,
-                "created_at": _iso(job.created_at),
-                "started_at": _iso(job.started_at),
-                "completed_at": _iso(job.completed_at),
-                "canceled_at": _iso(job.canceled_at),
-            },
-        }
-    return {
-        "id": str(ws.id),
-        "name": ws.name,
-        "owner_id": str(ws.owner_id),
-        "owner_name": ws.owner.username,
-        "organization_id": str(ws.organization_id),
-        "template_id": str(ws.template_id),
-        "template_name": ws.template.name,
-        "created_at": _iso(ws.created_at),
-        "updated_at": _iso(ws.updated_at),
-        "deleted": ws.deleted,
-        "latest_build": latest,
-    }
+    return WorkspaceOut.model_validate(api_workspace_json(workspace)).model_dump(mode="json")
 
 
 class WorkspaceWatchConsumer(JsonConsumer):

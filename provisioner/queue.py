@@ -34,12 +34,6 @@ CLAIM_ATTEMPTS = 20
 # --- daemons -------------------------------------------------------------------------------------
 
 
-def default_organization_id() -> Any:
-    from coderd.users.models import Organization
-
-    return Organization.objects.filter(is_default=True).values_list("id", flat=True).first()
-
-
 def register_daemon(
     name: str,
     provisioners: list[str],
@@ -52,8 +46,8 @@ def register_daemon(
     """A daemon's row: a dead one of the same name is taken over (a restart), else a new one.
 
     Two live daemons may share a name (two server processes on one host): each keeps its own row.
+    In-process daemons have no organization (they serve every one); external ones have theirs.
     """
-    organization_id = organization_id or default_organization_id()
     fields = {
         "provisioners": list(provisioners),
         "organization_id": organization_id,
