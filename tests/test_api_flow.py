@@ -143,6 +143,7 @@ def test_it_deletes_a_workspace_when_its_delete_build_succeeds(owner, member, ap
 
     finish_job(ProvisionerJob.objects.get(pk=r.json()["job"]["id"]))
     assert api.get(f"workspaces/{ws.id}").status_code == 404
+    assert api.get(f"workspaces/{ws.id}?include_deleted=true").json()["deleted"] is True
     listed = api.get("workspaces?q=deleted:true").json()["workspaces"]
     assert [(w["id"], w["deleted"]) for w in listed] == [(str(ws.id), True)]
     # The name is free again.

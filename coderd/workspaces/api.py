@@ -71,8 +71,9 @@ def get_template_version(request: HttpRequest, version_id: uuid.UUID) -> Templat
     return version
 
 
-def get_workspace(request: HttpRequest, workspace_id: uuid.UUID) -> Workspace:
-    ws = Workspace.objects.select_related(*WORKSPACE_RELATED).filter(pk=workspace_id, deleted=False).first()
+def get_workspace(request: HttpRequest, workspace_id: uuid.UUID, include_deleted: bool = False) -> Workspace:
+    workspaces = Workspace.objects.select_related(*WORKSPACE_RELATED).filter(pk=workspace_id)
+    ws = (workspaces if include_deleted else workspaces.filter(deleted=False)).first()
     if ws is None or not auth.can_read_workspace(actor(request), ws):
         raise NotFound("Workspace not found.")
     return ws
@@ -265,6 +266,10 @@ class WorkspaceFilter(Schema):
     )
 
 
+class WorkspaceGet(Schema):
+    include_deleted: bool = Field(False, description="Also find a deleted workspace (as Coder).")
+
+
 _WORKSPACE_QUERY_KEYS = {"owner", "name", "template", "status", "deleted"}
 
 
@@ -324,8 +329,8 @@ def list_workspaces(request: HttpRequest, filters: Query[WorkspaceFilter], page:
     tags=["Workspaces"],
     summary="Get workspace",
 )
-def get_workspace_view(request: HttpRequest, workspace: uuid.UUID) -> Any:
-    return workspace_json(get_workspace(request, workspace))
+def get_workspace_view(request: HttpRequest, workspace: uuid.UUID, filters: Query[WorkspaceGet]) -> Any:
+    return workspace_json(get_workspace(request, workspace, include_deleted=filters.include_deleted))
 
 
 @router.get(
