@@ -262,7 +262,9 @@ def test_it_answers_an_unexpected_error_with_json_500_and_logs_it(api, monkeypat
     assert any("database on fire" in (r.exc_text or "") for r in caplog.records)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     path=st.sampled_from(
         [
