@@ -21,6 +21,8 @@ import pytest
 from coderd.management.commands.server import FLAGS
 from tests.services import REPO, ServerProcess, free_port, http_get, wait_for
 
+# Start-up (imports, migrations on a fresh SQLite file) on a busy 2-core machine can take a while.
+START_TIMEOUT = 90
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: ")
 
 
@@ -66,7 +68,7 @@ def served_url(server: ServerProcess) -> str:
             return found.group(1)
         return "exited" if server.popen.poll() is not None else None
 
-    url = wait_for(logged, 30, "the server's start-up line")
+    url = wait_for(logged, START_TIMEOUT, "the server's start-up line")
     if url == "exited":
         raise AssertionError(f"the server exited with {server.popen.returncode}:\n{server.log()[-4000:]}")
     return url
@@ -84,7 +86,7 @@ def test_it_serves_the_api_and_the_admin_and_stops_on_sigterm(tmp_path: Path) ->
         )  # fmt: skip
         try:
             base = f"http://127.0.0.1:{port}"
-            server.wait_http(f"{base}/admin/login/")
+            server.wait_http(f"{base}/admin/login/", timeout=START_TIMEOUT)
             assert served_url(server) == base
 
             status, headers, _ = http_get(f"{base}/admin/login/")
@@ -124,7 +126,7 @@ def test_it_runs_in_process_daemons_and_stops_them(tmp_path: Path) -> None:
     try:
         base = served_url(server)
         assert not base.endswith(":0")
-        server.wait_http(f"{base}/healthz")
+        server.wait_http(f"{base}/healthz", timeout=START_TIMEOUT)
         assert stop_by_sigterm(server) == 0
     finally:
         server.stop()
@@ -220,7 +222,7 @@ def test_it_serves_under_runserver_too(tmp_path: Path) -> None:
         name="runserver",
     )
     try:
-        server.wait_http(f"http://127.0.0.1:{port}/admin/login/")
+        server.wait_http(f"http://127.0.0.1:{port}/admin/login/", timeout=START_TIMEOUT)
         status, _, _ = http_get(f"http://127.0.0.1:{port}/admin/login/")
         assert status == 200
         # daphne is first in INSTALLED_APPS: runserver is the ASGI server, websockets included.
