@@ -164,7 +164,7 @@ def test_it_answers_a_raw_asgi_request_through_the_application(owner_token):
             headers.append((b"authorization", f"Bearer {token}".encode()))
 
         async def go() -> dict:
-            return await HttpCommunicator(application, "GET", path, headers=headers).get_response()
+            return await HttpCommunicator(application, "GET", path, headers=headers).get_response(timeout=30)
 
         return async_to_sync(go)()
 

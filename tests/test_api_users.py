@@ -107,3 +107,12 @@ def test_it_shows_organizations_by_id_name_or_default(owner, member, org, api_as
     assert api.get("organizations/coder").json()["id"] == str(org.id)
     assert api.get("organizations/default").json()["is_default"] is True
     assert [o["id"] for o in api.get("users/me/organizations").json()] == [str(org.id)]
+
+
+def test_it_filters_users_by_status(owner, member, other_member, api_as):
+    from coderd.users.services import suspend_user
+
+    suspend_user(owner, member)
+    api = api_as(owner)
+    assert [u["username"] for u in api.get("users?status=suspended").json()["users"]] == ["member"]
+    assert api.get("users?status=asleep").status_code == 400

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from django.conf import settings
 from django.db.models import Prefetch, Q
@@ -88,7 +88,9 @@ def logout(request: HttpRequest, response: HttpResponse) -> Any:
 
 class UserFilter(Schema):
     q: str = Field("", description="Search by username or email (a substring).")
-    status: str = Field("", description="active, dormant or suspended.")
+    status: Literal["", "active", "dormant", "suspended"] = Field(
+        "", description="Only users with this status."
+    )
 
 
 def _users() -> Any:

@@ -142,11 +142,14 @@ def _create_user_row(email: str, username: str, password: str, roles: list[str])
 def create_first_user(email: str, username: str, password: str) -> tuple[User, Organization]:
     """The first user, an owner, and the default organization. 409 once any user exists."""
     email = _validate_new_user(email, username, password)
+    org = default_organization()
     with transaction.atomic():
+        # Two first users at once: on PostgreSQL the row lock makes the second wait and then see
+        # the first (SQLite's IMMEDIATE transactions already serialise writers).
+        Organization.objects.select_for_update().filter(pk=org.pk).first()
         if User.objects.exists():
             raise Conflict("The initial user has already been created.")
         user = _create_user_row(email, username, password, [Role.OWNER])
-        org = default_organization()
         ensure_member(user, org)
     return user, org
 
@@ -288,7 +291,9 @@ def api_key_for_token(token: str, now: datetime) -> APIKey | None:
             # Coder wakes a dormant account when it is used.
             User.objects.filter(pk=key.user_id).update(
                 last_seen_at=now,
-                status=Case(When(status=UserStatus.DORMANT, then=Value(UserStatus.ACTIVE)), default=F("status")),
+                status=Case(
+                    When(status=UserStatus.DORMANT, then=Value(UserStatus.ACTIVE)), default=F("status")
+                ),
             )
             key.user.last_seen_at = now
     return key
