@@ -327,3 +327,35 @@ def test_it_stops_at_once_on_a_second_sigterm(tmp_path: Path) -> None:
     completed, error = job_outcome(tmp_path, build)
     assert completed and error  # the interrupted job is recorded as failed
     assert "Traceback" not in server.log()
+
+
+def test_it_says_in_one_line_that_the_metrics_port_is_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = manage(
+            "server", "--http-address", "127.0.0.1:0", "--prometheus-enable",
+            "--prometheus-address", f"127.0.0.1:{port}", env=clean_env(tmp_path),
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1].endswith(
+        f"127.0.0.1:{port} (--prometheus-address / CODER_PROMETHEUS_ADDRESS): address already in use"
+    )
+
+
+def test_it_says_in_one_line_that_the_database_cannot_be_reached(tmp_path: Path) -> None:
+    url = f"postgres://coder:secret@127.0.0.1:{free_port()}/coderd"
+    done = manage(
+        "server",
+        "--http-address",
+        "127.0.0.1:0",
+        env=clean_env(tmp_path, CODER_PG_CONNECTION_URL=url, CODER_REDIS_URL="redis://127.0.0.1:1/0"),
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("coderd server:")]
+    assert len(errors) == 1
+    assert "cannot use the database (CODER_PG_CONNECTION_URL)" in errors[0]
+    assert "secret" not in done.stderr  # the password stays out of the logs

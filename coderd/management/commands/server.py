@@ -193,7 +193,7 @@ class Command(BaseCommand):
         sock = _bind(settings.HTTP_ADDRESS)
         stop = _StopFlag()
         with stop.installed():
-            call_command("migrate", interactive=False, verbosity=0)
+            _migrate()
             http_url = _http_url(sock)
             stop_metrics, observer = _start_metrics(options)
             try:
@@ -300,6 +300,21 @@ class _StopFlag:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _migrate() -> None:
+    """Bring the database up to date; an unreachable database is one line, not a traceback."""
+    from django.db import OperationalError
+
+    try:
+        call_command("migrate", interactive=False, verbosity=0)
+    except OperationalError as exc:
+        where = (
+            "CODER_PG_CONNECTION_URL" if settings.PG_CONNECTION_URL else f"CODER_DATA_DIR={settings.DATA_DIR}"
+        )
+        reason = " ".join(str(exc).split())
+        sys.stderr.write(f"coderd server: cannot use the database ({where}): {reason}\n")
+        sys.exit(1)
 
 
 def _host_port(host: str, port: int) -> str:
