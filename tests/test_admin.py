@@ -316,3 +316,28 @@ def test_it_keeps_a_suspended_owner_out(owner: Any, member: Any) -> None:
     response = client.post("/admin/login/?next=/admin/", {"username": owner.email, "password": PASSWORD})
     assert response.status_code == 200
     assert client.get("/admin/").status_code == 302
+
+
+def test_it_lists_without_a_query_per_row(
+    admin_client: Client, data: dict[str, Any], member: Any, workspace_for: Any
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries() -> dict[str, int]:
+        counts = {}
+        for url in [*CHANGELISTS.values(), ORGANIZATIONS]:
+            with CaptureQueriesContext(connection) as ctx:
+                assert admin_client.get(url).status_code == 200
+            counts[url] = len(ctx.captured_queries)
+        return counts
+
+    before = queries()
+    for i in range(3):
+        workspace = workspace_for(member, name=f"more-{i}")
+        ProvisionerJobLog.objects.create(job=workspace.latest_build.job, output="more")
+        ProvisionerDaemon.objects.create(
+            name=f"d{i}", provisioners=["echo"], current_job=workspace.latest_build.job
+        )
+        token_for(member)
+    assert queries() == before
