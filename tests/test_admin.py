@@ -295,6 +295,7 @@ def test_it_changes_a_password_and_roles(admin_client: Client, member: Any) -> N
 
 def test_it_logs_an_owner_in_with_email_and_password(owner: Any) -> None:
     client = Client()
+    assert ">Email:</label>" in client.get("/admin/login/").content.decode()  # not "Username"
     response = client.post("/admin/login/?next=/admin/", {"username": owner.email, "password": PASSWORD})
     assert response.status_code == 302 and response["Location"] == "/admin/"
     assert client.get("/admin/").status_code == 200
