@@ -168,7 +168,11 @@ def create_template(actor: User, organization: Organization, name: str, version:
                 active_version=version,
                 created_by=actor,
             )
-            TemplateVersion.objects.filter(pk=version.pk).update(template=template)
+            # Conditional, so two templates racing for one version cannot both take it.
+            if not TemplateVersion.objects.filter(pk=version.pk, template__isnull=True).update(
+                template=template
+            ):
+                raise Conflict("That template version already belongs to a template.")
     except IntegrityError:
         raise duplicate from None
     version.template = template
@@ -180,7 +184,9 @@ def set_active_version(actor: User, template: Template, version: TemplateVersion
     if version.template_id != template.pk:
         raise field_error("id", "The template version does not belong to this template.")
     _check_version_usable(version)
-    Template.objects.filter(pk=template.pk).update(active_version=version, updated_at=timezone.now())
+    Template.objects.filter(pk=template.pk).update(
+        active_version=version, provisioner=version.provisioner, updated_at=timezone.now()
+    )
     template.refresh_from_db()
     return template
 
@@ -257,7 +263,14 @@ def create_build(actor: User, workspace: Workspace, transition: str) -> Workspac
 
 def _new_build(actor: User, workspace: Workspace, transition: str) -> WorkspaceBuild:
     # Re-read under the transaction (a row lock on PostgreSQL; SQLite's IMMEDIATE mode serialises).
-    ws = Workspace.objects.select_for_update().select_related("owner", "template").get(pk=workspace.pk)
+    # Only the workspace row is locked (`of`), not its owner's or template's, which other builds share.
+    ws = (
+        Workspace.objects.select_for_update(of=("self",))
+        .select_related("owner", "template", "organization")
+        .get(pk=workspace.pk)
+    )
+    if ws.deleted:
+        raise Conflict("The workspace is deleted.")
     latest = (
         WorkspaceBuild.objects.select_related("job").filter(pk=ws.latest_build_id).first()
         if ws.latest_build_id
