@@ -199,6 +199,12 @@ def _unicode_error(request: HttpRequest, exc: UnicodeError) -> HttpResponse:
     return json_error(400, "The request contains text that is not valid Unicode.")
 
 
+@api.exception_handler(OverflowError)
+def _overflow_error(request: HttpRequest, exc: OverflowError) -> HttpResponse:
+    # A number wider than the database's integers reached a query.
+    return json_error(400, "The request contains a number that is too large.")
+
+
 @api.exception_handler(DjangoValidationError)
 def _django_validation_error(request: HttpRequest, exc: DjangoValidationError) -> HttpResponse:
     return json_error(400, "Invalid request.", detail=" ".join(exc.messages))

@@ -8,11 +8,13 @@ from pydantic import Field
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_OFFSET = 2**31 - 1
 
 
 class Page(Schema):
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="At most this many items.")
-    offset: int = Field(0, ge=0, description="Skip this many items.")
+    # Bounded so the database never sees an integer wider than its columns (SQLite: OverflowError).
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="Skip this many items.")
 
     def apply(self, queryset: QuerySet) -> QuerySet:
         # Callers order by a unique key last, so pages neither repeat nor skip rows.

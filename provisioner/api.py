@@ -61,7 +61,7 @@ class JobFilter(Schema):
 
 
 class LogFilter(Schema):
-    after: int = Field(0, ge=0, description="Only log lines with a larger id.")
+    after: int = Field(0, ge=0, le=2**63 - 1, description="Only log lines with a larger id.")
 
 
 def _require_provisioner_reader(request: HttpRequest) -> None:

@@ -237,7 +237,16 @@ def test_it_answers_a_wrong_method_with_json_405(api):
 
 @pytest.mark.parametrize(
     "query",
-    ["limit=abc", "limit=0", "limit=100000", "offset=-1", "q=owner", "q=color:blue", "q=status:sleeping"],
+    [
+        "limit=abc",
+        "limit=0",
+        "limit=100000",
+        "offset=-1",
+        "offset=99999999999999999999",
+        "q=owner",
+        "q=color:blue",
+        "q=status:sleeping",
+    ],
 )
 def test_it_refuses_bad_query_parameters_with_400(api, query):
     assert_error(api.get(f"workspaces?{query}"), 400)
@@ -245,6 +254,11 @@ def test_it_refuses_bad_query_parameters_with_400(api, query):
 
 def test_it_refuses_a_bad_job_status_filter_with_400(api):
     assert_error(api.get("organizations/default/provisionerjobs?status=done"), 400, "status")
+
+
+def test_it_refuses_numbers_wider_than_the_database_with_400(api, workspace):
+    assert_error(api.get(f"workspacebuilds/{workspace.latest_build_id}/logs?after=99999999999999999999"), 400)
+    assert_error(api.get("organizations/default/templates?offset=99999999999999999999"), 400)
 
 
 def test_it_answers_an_unexpected_error_with_json_500_and_logs_it(api, monkeypatch, caplog):
