@@ -193,9 +193,10 @@ STORAGES = {
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False
 
-LOG_LEVEL = env_str("CODER_LOG_LEVEL", "INFO").upper()
+_log_level = env_str("CODER_LOG_LEVEL", "info")
+LOG_LEVEL = _log_level.strip().upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-    raise EnvError(f"CODER_LOG_LEVEL={LOG_LEVEL!r} is not one of debug, info, warning, error")
+    raise EnvError(f"CODER_LOG_LEVEL={_log_level!r} is not one of debug, info, warning, error")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -240,7 +240,7 @@ def test_it_reads_every_variable_it_is_given(tmp_path: Path) -> None:
         ("CODER_PROMETHEUS_ENABLE", "ture"),
         ("CODER_HTTP_ADDRESS", "nope"),
         ("CODER_PROVISIONER_DAEMONS", "-1"),
-        ("CODER_PG_CONNECTION_URL", "mysql://x"),
+        ("CODER_PG_CONNECTION_URL", "mysql://coder:secret@db/coderd"),
         ("CODER_PROMETHEUS_ADDRESS", "127.0.0.1:99999"),
         ("CODER_PROMETHEUS_REFRESH_INTERVAL", "soon"),
         ("CODER_SESSION_DURATION", "0s"),
@@ -256,6 +256,10 @@ def test_it_stops_on_a_bad_variable_with_one_line_naming_it(
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
     assert variable in lines[0]
+    if variable == "CODER_PG_CONNECTION_URL":
+        assert "secret" not in lines[0]  # a connection URL may hold a password: never echoed
+    else:
+        assert repr(value) in lines[0]  # the value as given, to find it in the environment
     assert "Traceback" not in done.stderr
 
 
