@@ -1,4 +1,4 @@
-"""Database-derived gauges: one aggregate query per family, cached for the refresh interval.
+"""Database-derived gauges: aggregate queries (at most one per family), cached for the refresh interval.
 
 A scrape uses the cached counts while they are younger than `interval` and not marked stale; the
 first refresh is done at start-up (`refresh()`, from `metrics.serving.start_metrics`), not after one
@@ -49,47 +49,60 @@ class DatabaseCounts:
 
 
 def query_counts(now: datetime) -> DatabaseCounts:
-    """The four aggregate queries (one per family)."""
-    from django.db.models import Count
+    """Three aggregate queries: active users, users by status, and workspaces grouped by the labels
+    of the per-template family (whose sums by status are the latest-build families)."""
+    from django.db import connection
+    from django.db.models import Count, F
 
     from coderd.users.models import APIKey, User
-    from coderd.workspaces.models import Workspace
+    from coderd.workspaces.models import Template, TemplateVersion, Workspace
     from provisioner.models import status_expression
 
-    # The index (last_used, user_id) answers this one without touching the table.
-    active = (
-        APIKey.objects.filter(last_used__gte=now - ACTIVE_USER_WINDOW).values("user_id").distinct().count()
-    )
+    if connection.vendor == "sqlite":
+        # Read the file through the OS page cache, not one read() per page: the joins below look up
+        # a build and a job for each of tens of thousands of workspaces.
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA mmap_size=268435456")
 
-    live = Workspace.objects.filter(deleted=False, latest_build__isnull=False)
-    status = status_expression(now, prefix="latest_build__job__")
-    latest = dict.fromkeys(JOB_STATUSES, 0)
-    for row in live.values(s=status).annotate(n=Count("id")).order_by():
-        latest[row["s"]] = latest.get(row["s"], 0) + row["n"]
+    # Answered from the (last_used, user_id) index alone.
+    active = APIKey.objects.filter(last_used__gte=now - ACTIVE_USER_WINDOW).aggregate(
+        n=Count("user_id", distinct=True)
+    )["n"]
 
     users = dict.fromkeys(USER_STATUSES, 0)
     for row in User.objects.filter(deleted=False).values("status").annotate(n=Count("id")).order_by():
         users[row["status"]] = users.get(row["status"], 0) + row["n"]
 
-    per_template = [
-        (r["s"], r["t"], r["v"], r["o"], r["x"], r["n"])
-        for r in live.values(
-            s=status,
-            t=_f("template__name"),
-            v=_f("latest_build__template_version__name"),
-            o=_f("owner__username"),
-            x=_f("latest_build__transition"),
+    # Grouped by ids (columns the join already has), named after grouping: one name lookup per
+    # group instead of three joins per workspace.
+    grouped = (
+        Workspace.objects.filter(deleted=False, latest_build__isnull=False)
+        .values(
+            ti=F("template_id"),
+            vi=F("latest_build__template_version_id"),
+            oi=F("owner_id"),
+            tr=F("latest_build__transition"),
+            s=status_expression(now, prefix="latest_build__job__"),
         )
         .annotate(n=Count("id"))
         .order_by()
-    ]
+    )
+    inner, params = grouped.query.sql_with_params()
+    q = connection.ops.quote_name
+    sql = (
+        f"SELECT g.{q('s')}, t.{q('name')}, v.{q('name')}, u.{q('username')}, g.{q('tr')}, g.{q('n')} "
+        f"FROM ({inner}) g "
+        f"JOIN {q(Template._meta.db_table)} t ON t.{q('id')} = g.{q('ti')} "
+        f"JOIN {q(TemplateVersion._meta.db_table)} v ON v.{q('id')} = g.{q('vi')} "
+        f"JOIN {q(User._meta.db_table)} u ON u.{q('id')} = g.{q('oi')}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        per_template = [tuple(row) for row in cursor.fetchall()]
+    latest = dict.fromkeys(JOB_STATUSES, 0)
+    for status, *_, n in per_template:
+        latest[status] = latest.get(status, 0) + n
     return DatabaseCounts(active_users=active, latest_build=latest, users=users, per_template=per_template)
-
-
-def _f(name: str):
-    from django.db.models import F
-
-    return F(name)
 
 
 _EOF = b"# EOF\n"
