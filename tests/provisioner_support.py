@@ -108,10 +108,19 @@ def main(argv: list[str]) -> None:
         ids = [str(build_job(make_workspace(owner, template, name=f"ws-{i}")).id) for i in range(count)]
         print(json.dumps(ids))
     elif command == "daemon":
-        # daemon NAME [--until-idle]: run an in-process daemon against this database.
+        # daemon NAME [--until-idle] [--start-file PATH]: an in-process daemon against this database.
         from provisioner.daemon import Daemon
 
         daemon = Daemon(args[0], poll_interval=0.05)
+        if "--start-file" in args:
+            # Say "ready", then wait for the test's "go", so that every daemon competes from the start.
+            import time
+            from pathlib import Path
+
+            go = Path(args[args.index("--start-file") + 1])
+            Path(f"{go}.{args[0]}").touch()
+            while not go.exists():
+                time.sleep(0.02)
         if "--until-idle" in args:
             while daemon.run_once(timezone.now()):
                 pass
