@@ -63,6 +63,23 @@ class FixedClock:
         return self.now
 
 
+def in_thread(target: Any, *args: Any) -> threading.Thread:
+    """Start `target(*args)` in a thread that closes its database connection when done (PostgreSQL
+    cannot drop a test database that a finished thread's connection still holds)."""
+
+    def run() -> None:
+        from django.db import connection
+
+        try:
+            target(*args)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def ready_template(owner: Any, name: str, source: dict[str, Any], provisioner: str = "echo") -> Any:
     """A template whose version's import job has already succeeded (so only builds are pending)."""
     from tests.fixtures import finish_job, make_echo_template

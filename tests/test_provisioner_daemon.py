@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -13,7 +12,7 @@ from provisioner import queue
 from provisioner.daemon import Daemon, DaemonGroup, start_in_process
 from provisioner.models import ProvisionerDaemon, ProvisionerJob
 from tests.fixtures import make_workspace
-from tests.provisioner_support import T0, FixedClock, RecordingObserver, build_job, ready_template
+from tests.provisioner_support import T0, FixedClock, RecordingObserver, build_job, in_thread, ready_template
 from tests.services import wait_for
 
 ECHO = {"start": {"duration_ms": 0, "logs": ["a", "b"]}, "stop": {"duration_ms": 0}}
@@ -146,8 +145,7 @@ def test_it_stops_a_canceled_echo_job_within_a_second(owner, tmp_path):
     workspace = make_workspace(owner, template)
     observer = RecordingObserver()
     daemon = Daemon("d1", observer=observer, data_dir=tmp_path)
-    thread = threading.Thread(target=daemon.run_once, args=(T0,))
-    thread.start()
+    thread = in_thread(daemon.run_once, T0)
     try:
         wait_for(lambda: build_job(workspace).started_at, timeout=10, what="the job to start")
         canceled_at = time.monotonic()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from coderd.workspaces.services import cancel_build, create_build
 from provisioner.daemon import Daemon
 from tests.fixtures import make_echo_template, make_workspace
-from tests.provisioner_support import T0, FixedClock, build_job, ready_template
+from tests.provisioner_support import T0, FixedClock, build_job, in_thread, ready_template
 from tests.services import wait_for
 
 
@@ -106,8 +105,7 @@ def test_it_fails_an_import_whose_script_does_not_parse(owner, tmp_path):
 def test_it_stops_a_canceled_script_within_a_second_or_so(owner, tmp_path, script, expected_line):
     workspace = shell_workspace(owner, {"start": script})
     daemon = Daemon("d1", data_dir=tmp_path)
-    thread = threading.Thread(target=daemon.run_once, args=(T0,))
-    thread.start()
+    thread = in_thread(daemon.run_once, T0)
     try:
         wait_for(lambda: "started" in outputs(build_job(workspace)), timeout=10, what="the script to start")
         began = time.monotonic()
