@@ -41,26 +41,22 @@ def test_it_runs_the_suite_on_the_database_ci_asked_for() -> None:
 
 @pytest.mark.postgres
 def test_it_migrates_a_fresh_postgresql_database(pg_database, tmp_path) -> None:
-    env = {"CODER_PG_CONNECTION_URL": pg_database(), "CODER_DATA_DIR": str(tmp_path)}
+    url = pg_database()
+    env = {"CODER_PG_CONNECTION_URL": url, "CODER_DATA_DIR": str(tmp_path)}
     first = manage("migrate", "--noinput", env=env)
     assert first.returncode == 0, first.stderr
     assert "Applying users.0001_initial... OK" in first.stdout
 
-    again = manage("migrate", "--noinput", "--check", env=env)
-    assert again.returncode == 0, again.stdout + again.stderr
-    drift = manage("makemigrations", "--check", "--dry-run", env=env)
-    assert drift.returncode == 0, drift.stdout + drift.stderr
+    import psycopg
 
-    tables = manage(
-        "shell",
-        "-c",
-        "from django.db import connection; print(connection.vendor, sorted(connection.introspection.table_names()))",
-        env=env,
-    )
-    assert tables.returncode == 0, tables.stderr
-    assert "\npostgresql [" in tables.stdout
-    for table in ("provisioner_provisionerjob", "workspaces_workspace", "users_user"):
-        assert f"'{table}'" in tables.stdout
+    with psycopg.connect(url) as conn:
+        tables = {
+            row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
+    assert {"provisioner_provisionerjob", "workspaces_workspace", "users_user"} <= tables
+
+    again = manage("migrate", "--noinput", "--check", env=env)  # nothing left to apply
+    assert again.returncode == 0, again.stdout + again.stderr
 
 
 def test_it_refuses_a_malformed_connection_url_in_one_line(tmp_path) -> None:
