@@ -192,3 +192,33 @@ def test_it_fails_the_build_of_an_external_daemon_killed_mid_job(coderd, tmp_pat
         coderd.ok("POST", f"workspaces/{workspace['id']}/builds", {"transition": "stop"})
     finally:
         daemon.stop()
+
+
+def test_it_stops_the_running_job_on_a_second_sigterm_or_a_sigint(coderd, tmp_path):
+    coderd.start()
+    coderd.first_user()
+    setup = provisionerd(coderd, tmp_path, "importer")
+    try:
+        template_id = coderd.template("sh", "shell", {"start": "echo started\nsleep 30\n"})
+    finally:
+        setup.stop()
+    for name, signals in [
+        ("twice-termed", [signal.SIGTERM, signal.SIGTERM]),
+        ("interrupted", [signal.SIGINT]),
+    ]:
+        daemon = provisionerd(coderd, tmp_path, name)
+        try:
+            build_id = coderd.workspace(template_id, f"ws-{name}")["latest_build"]["id"]
+            wait_for(lambda b=build_id: coderd.build_status(b)["status"] == "running", 20, "the build to run")
+            for i, sig in enumerate(signals):
+                daemon.popen.send_signal(sig)
+                if i == 0 and len(signals) == 2:
+                    # The first SIGTERM waits for the job: the daemon is still there.
+                    wait_for(lambda d=daemon: "SIGTERM: finishing" in d.log(), 10, "the graceful notice")
+                    assert daemon.popen.poll() is None
+            assert daemon.popen.wait(timeout=10) == 0
+            job = coderd.build_status(build_id)
+            assert job["status"] == "failed"
+            assert "closed" in job["error"]
+        finally:
+            daemon.stop()
