@@ -359,3 +359,25 @@ def test_it_says_in_one_line_that_the_database_cannot_be_reached(tmp_path: Path)
     assert len(errors) == 1
     assert "cannot use the database (CODER_PG_CONNECTION_URL)" in errors[0]
     assert "secret" not in done.stderr  # the password stays out of the logs
+
+
+def test_it_serves_metrics_as_its_flags_say(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics_port = free_port()
+    server = start_server(
+        tmp_path, "--http-address", "127.0.0.1:0", "--provisioner-daemons", "0", "--prometheus-enable",
+        "--prometheus-address", f"127.0.0.1:{metrics_port}", "--prometheus-legacy-metrics=false",
+        CODER_PROMETHEUS_LEGACY_METRICS="true",
+    )  # fmt: skip
+    try:
+        served_url(server)
+        status, _, body = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert stop_by_sigterm(server) == 0
+    finally:
+        server.stop()
+    assert status == 200
+    names = {family.name for family in text_string_to_metric_families(body.decode())}
+    assert "coderd_api_request_latencies_seconds" in names
+    assert "coderd_api_request_latencies_ms" not in names  # the flag won over the variable
+    assert f"serving metrics on http://127.0.0.1:{metrics_port}/metrics" in server.log()
