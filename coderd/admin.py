@@ -23,6 +23,7 @@ from provisioner.models import JobStatus, ProvisionerJobLog, status_expression
 admin.site.site_header = "coderd administration"
 admin.site.site_title = "coderd admin"
 admin.site.index_title = "Control plane"
+admin.site.site_url = "/api/v2/docs"  # "View site": there is no other site than the API
 
 # A build's page shows at most this many log lines (the newest are the ones cut, never the order).
 MAX_LOG_LINES = 2000

@@ -8,5 +8,13 @@ class CoderdConfig(AppConfig):
     verbose_name = "coderd"
 
     def ready(self) -> None:
+        from django.contrib import admin
+        from django.contrib.auth.models import Group
+
         # Importing registers the checks (@register); nothing else happens at start-up.
         from coderd import checks, deploy_checks  # noqa: F401
+
+        # Roles are coderd's own (User.roles): Django's groups mean nothing here. The admin app's
+        # ready() (earlier in INSTALLED_APPS) has registered them by now.
+        if admin.site.is_registered(Group):
+            admin.site.unregister(Group)

@@ -342,3 +342,19 @@ def test_it_lists_without_a_query_per_row(
         )
         token_for(member)
     assert queries() == before
+
+
+def test_it_shows_only_coderds_models_and_links_to_the_api(admin_client: Client) -> None:
+    text = admin_client.get("/admin/").content.decode()
+    assert "/admin/auth/group/" not in text  # roles are coderd's, not Django groups
+    assert 'href="/api/v2/docs"' in text
+
+
+def test_it_lets_an_owner_change_their_own_password(admin_client: Client, owner: Any) -> None:
+    response = admin_client.post(
+        "/admin/password_change/",
+        {"old_password": PASSWORD, "new_password1": "a-new-passphrase", "new_password2": "a-new-passphrase"},
+    )
+    assert response.status_code == 302
+    owner.refresh_from_db()
+    assert owner.check_password("a-new-passphrase")
