@@ -2,7 +2,9 @@
 handler with our metrics on, with them off, and with django-prometheus's middleware pair instead.
 
 The three handlers run side by side in one process, in interleaved rounds, so that whatever else
-the machine does weighs on all three alike; the figures are medians of the rounds, as ratios.
+the machine does weighs on all three alike; the figures are medians of the rounds, as ratios. Each
+round is timed in CPU time of this process (every thread: Django's sync hops included) as well as
+wall time: on a shared machine the CPU figure is the steadier one.
 
     .venv/bin/python bench/bench_requests.py [--rounds 15] [--requests 300]
 
@@ -65,8 +67,8 @@ async def one(app, s: dict) -> int:
     return status
 
 
-async def rounds(apps: dict, s: dict, n_rounds: int, n_requests: int) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {name: [] for name in apps}
+async def rounds(apps: dict, s: dict, n_rounds: int, n_requests: int) -> dict[str, list[tuple[float, float]]]:
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in apps}
     for name, app in apps.items():  # warm up each
         for _ in range(50):
             assert await one(app, s) == 200, name
@@ -75,11 +77,51 @@ async def rounds(apps: dict, s: dict, n_rounds: int, n_requests: int) -> dict[st
         if r % 2:
             order.reverse()
         for name, app in order:
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             for _ in range(n_requests):
                 await one(app, s)
-            results[name].append(n_requests / (time.perf_counter() - t))
+            wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+            results[name].append((n_requests / cpu, n_requests / wall))
     return results
+
+
+async def middleware_alone(n: int) -> dict[str, float]:
+    """µs per request of each middleware stack around a trivial async handler (no view, no DB):
+    the cost of the metrics code and of the thread hops a sync-only middleware makes."""
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+    from django.utils.module_loading import import_string
+
+    async def handler(request):
+        return HttpResponse("ok")
+
+    def stack(paths: list[str]):
+        chain = handler
+        for path in reversed(paths):
+            mw = import_string(path)
+            # Django adapts a sync-only middleware to an async chain with a thread hop each way.
+            from asgiref.sync import async_to_sync, sync_to_async
+
+            if getattr(mw, "async_capable", False):
+                chain = mw(chain)
+            else:
+                chain = sync_to_async(mw(async_to_sync(chain)), thread_sensitive=True)
+        return chain
+
+    request = RequestFactory().get("/api/v2/buildinfo")
+    out = {}
+    for name, paths in {"none": [], "ours": [OURS], "django-prometheus": [DP_BEFORE, DP_AFTER]}.items():
+        chain = stack(paths)
+        for _ in range(200):
+            await chain(request)
+        best = float("inf")
+        for _ in range(5):
+            t = time.perf_counter()
+            for _ in range(n):
+                await chain(request)
+            best = min(best, (time.perf_counter() - t) / n)
+        out[name] = best * 1e6
+    return out
 
 
 def main() -> None:
@@ -119,19 +161,26 @@ def main() -> None:
     s = scope(f"/api/v2/users/{user.username}", token)
 
     results = asyncio.run(rounds(apps, s, args.rounds, args.requests))
-    med = {name: statistics.median(v) for name, v in results.items()}
-    off = med["metrics off"]
-    print(
-        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
+    machine = f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores"
+    print(f"machine: {machine}, Python {platform.python_version()}")
     print(f"GET /api/v2/users/{{user}} with a token, {args.rounds} interleaved rounds of {args.requests}")
-    for name, rps in med.items():
-        cost = off / rps - 1
-        us = (1 / rps - 1 / off) * 1e6
-        print(f"{name:>18}: {rps:8.0f} req/s  ({cost * 100:+.1f}% time per request, {us:+.0f} µs)")
-    ours = off / med["ours"] - 1
-    theirs = off / med["django-prometheus"] - 1
-    print(f"ours costs {ours * 100:.1f}%; django-prometheus {theirs * 100:.1f}%; ratio {ours / theirs:.2f}")
+    for index, clock in ((0, "CPU"), (1, "wall")):
+        med = {name: statistics.median([v[index] for v in runs]) for name, runs in results.items()}
+        off = med["metrics off"]
+        print(f"-- {clock} time")
+        for name, rps in med.items():
+            cost = off / rps - 1
+            us = (1 / rps - 1 / off) * 1e6
+            print(f"{name:>18}: {rps:8.0f} req/s  ({cost * 100:+.1f}% time per request, {us:+.0f} µs)")
+        ours = off / med["ours"] - 1
+        theirs = off / med["django-prometheus"] - 1
+        print(
+            f"ours costs {ours * 100:.1f}%; django-prometheus {theirs * 100:.1f}%; ours/theirs {ours / theirs:.2f}"
+        )
+    alone = asyncio.run(middleware_alone(2000))
+    print("-- the middleware alone around a trivial async handler (best of 5 x 2000)")
+    for name, us in alone.items():
+        print(f"{name:>18}: {us:7.1f} µs per request ({us - alone['none']:+.1f} µs)")
     os.system("date -u")
 
 

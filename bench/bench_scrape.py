@@ -51,7 +51,7 @@ def main() -> None:
         from tests.services import Postgres
 
         pg = Postgres.start()
-        os.environ["CODER_PG_CONNECTION_URL"] = pg.url(pg.create_database("bench"))
+        os.environ["CODER_PG_CONNECTION_URL"] = pg.create_database("bench")
     elif args.seed:
         os.environ["CODER_DATA_DIR"] = tempfile.mkdtemp(prefix="coderd-bench-")
     try:

@@ -15,7 +15,7 @@ gauges of several workers add up ('livesum': a dead worker's in-flight count van
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
@@ -96,12 +96,25 @@ class CoderMetrics:
     scrapes: Counter
     scrapes_in_flight: Gauge
 
+    # (code, method, path) -> the three children it updates. `labels()` takes a lock and builds a
+    # key at each call; the set of keys is bounded by routes x methods x codes.
+    _request_children: dict = field(default_factory=dict, repr=False)
+
     def observe_request(self, method: str, path: str, code: int, seconds: float) -> None:
         """One finished HTTP request (the middleware's whole bookkeeping after the handler)."""
-        self.requests_processed.labels(str(code), method, path).inc()
-        self.request_latencies_seconds.labels(method, path).observe(seconds)
-        if self.request_latencies_ms is not None:
-            self.request_latencies_ms.labels(method, path).observe(seconds * 1000.0)
+        children = self._request_children.get((code, method, path))
+        if children is None:
+            children = (
+                self.requests_processed.labels(str(code), method, path),
+                self.request_latencies_seconds.labels(method, path),
+                self.request_latencies_ms.labels(method, path) if self.request_latencies_ms else None,
+            )
+            self._request_children[(code, method, path)] = children
+        total, latency_s, latency_ms = children
+        total.inc()
+        latency_s.observe(seconds)
+        if latency_ms is not None:
+            latency_ms.observe(seconds * 1000.0)
 
     def observe_websocket(self, path: str, code: int, seconds: float | None) -> None:
         """One finished websocket: counted once as a GET; its lifetime when it was accepted."""
