@@ -85,6 +85,13 @@ class JsonConsumer(AsyncJsonWebsocketConsumer):
             return None
 
 
+def route_uuid(scope: dict[str, Any], name: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(scope["url_route"]["kwargs"][name]))
+    except (KeyError, ValueError):
+        return None
+
+
 def _after_param(scope: dict[str, Any]) -> int:
     try:
         return max(0, int((_query(scope).get("after") or ["0"])[0]))
@@ -156,7 +163,7 @@ class BuildLogsConsumer(JobLogsConsumer):
 
         build = (
             WorkspaceBuild.objects.select_related("workspace")
-            .filter(id=self.scope["url_route"]["kwargs"]["workspacebuild"])
+            .filter(id=route_uuid(self.scope, "workspacebuild"))
             .first()
         )
         if build is None or not can_read_workspace(user, build.workspace):
@@ -172,9 +179,7 @@ class TemplateVersionLogsConsumer(JobLogsConsumer):
         from coderd.users.models import OrganizationMember
         from coderd.workspaces.models import TemplateVersion
 
-        version = TemplateVersion.objects.filter(
-            id=self.scope["url_route"]["kwargs"]["templateversion"]
-        ).first()
+        version = TemplateVersion.objects.filter(id=route_uuid(self.scope, "templateversion")).first()
         if version is None:
             return None
         member = OrganizationMember.objects.filter(
@@ -203,8 +208,8 @@ class WorkspaceWatchConsumer(JsonConsumer):
         self.poller: asyncio.Task | None = None
         self.group = None
         user = await _user_for_scope(self.scope)
-        self.workspace_id = self.scope["url_route"]["kwargs"]["workspace"]
-        if user is None or not await database_sync_to_async(self._visible)(user):
+        self.workspace_id = route_uuid(self.scope, "workspace")
+        if user is None or self.workspace_id is None or not await database_sync_to_async(self._visible)(user):
             await self.close()
             return
         self.last: dict[str, Any] | None = None

@@ -254,6 +254,12 @@ class DaemonGroup:
                 t.join(5.0)
         return not any(t.is_alive() for t in self.threads)
 
+    def close(self) -> None:
+        """Stop every running job now (recorded failed); safe in a signal handler (sets flags only).
+        A `shutdown(graceful=True)` waiting in another thread then returns promptly."""
+        for daemon in self.daemons:
+            daemon.close()
+
     def alive(self) -> int:
         return sum(1 for t in self.threads if t.is_alive())
 

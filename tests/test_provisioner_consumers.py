@@ -27,11 +27,18 @@ def communicator(path: str, token: str | None = None, extra: list | None = None)
     return WebsocketCommunicator(application, path, headers=headers + (extra or []))
 
 
+async def refused(comm: WebsocketCommunicator) -> bool:
+    connected, _ = await comm.connect(timeout=5)
+    await comm.disconnect()  # let the consumer finish here, not in a later test
+    return not connected
+
+
 async def read_until_close(comm: WebsocketCommunicator, timeout: float = 10) -> tuple[list[Any], int]:
     messages = []
     while True:
         out = await comm.receive_output(timeout=timeout)
         if out["type"] == "websocket.close":
+            await comm.disconnect()
             return messages, out.get("code", 1000)
         import json
 
@@ -79,10 +86,10 @@ async def test_it_streams_build_logs_backlog_then_live_and_closes_at_the_end(own
 async def test_it_refuses_a_follower_without_a_token_or_access(owner, member, streaming):
     build_id = await sync_to_async(lambda: streaming.latest_build.id)()
     path = f"/api/v2/workspacebuilds/{build_id}/logs?follow"
-    assert (await communicator(path).connect(timeout=5))[0] is False
-    assert (await communicator(path, "bad-token").connect(timeout=5))[0] is False
+    assert await refused(communicator(path))
+    assert await refused(communicator(path, "bad-token"))
     member_token = await sync_to_async(token_for)(member)
-    assert (await communicator(path, member_token).connect(timeout=5))[0] is False
+    assert await refused(communicator(path, member_token))
 
 
 async def test_it_accepts_the_token_as_a_cookie_or_bearer(owner, streaming, tmp_path):
@@ -140,10 +147,10 @@ def serve_communicator(psk: str | None) -> WebsocketCommunicator:
 
 async def test_it_refuses_an_external_daemon_without_the_right_key(owner, settings):
     settings.PROVISIONER_DAEMON_PSK = PSK
-    assert (await serve_communicator(None).connect(timeout=5))[0] is False
-    assert (await serve_communicator("wrong").connect(timeout=5))[0] is False
+    assert await refused(serve_communicator(None))
+    assert await refused(serve_communicator("wrong"))
     settings.PROVISIONER_DAEMON_PSK = ""  # no key configured: external daemons are off
-    assert (await serve_communicator("").connect(timeout=5))[0] is False
+    assert await refused(serve_communicator(""))
 
 
 async def test_it_serves_a_job_to_an_external_daemon_over_the_socket(owner, streaming, settings):
@@ -192,3 +199,13 @@ async def test_it_fails_the_job_of_an_external_daemon_that_disconnects(owner, st
     job = await sync_to_async(build_job)(streaming)
     assert job.get_status() == "failed"
     assert "disconnected" in job.error
+
+
+async def test_it_refuses_a_malformed_id_without_an_error(owner):
+    token = await sync_to_async(token_for)(owner)
+    for path in [
+        "/api/v2/workspacebuilds/not-a-uuid/logs",
+        "/api/v2/templateversions/not-a-uuid/logs",
+        "/api/v2/workspaces/not-a-uuid/watch-ws",
+    ]:
+        assert await refused(communicator(path, token))
