@@ -371,7 +371,7 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 class Coderd:
     """coderd on free loopback ports: gunicorn (`workers` uvicorn workers) or `manage.py server`.
 
-    Metrics are on, on their own port; `env` adds or overrides variables (CODER_PG_CONNECTION_URL,
+    Metrics are on (unless `metrics` is False), on their own port; `env` adds or overrides variables (CODER_PG_CONNECTION_URL,
     CODER_REDIS_URL...). Stopped by PID (SIGTERM: the master stops its workers).
     """
 
@@ -383,6 +383,7 @@ class Coderd:
         workers: int = 2,
         env: Mapping[str, str] | None = None,
         ready_timeout: float = 60,
+        metrics: bool = True,
     ) -> None:
         self.http_port, self.metrics_port = free_port(), free_port()
         self.base = f"http://127.0.0.1:{self.http_port}"
@@ -390,7 +391,7 @@ class Coderd:
         full_env = {
             "CODER_DATA_DIR": str(data_dir),
             "CODER_HTTP_ADDRESS": f"127.0.0.1:{self.http_port}",
-            "CODER_PROMETHEUS_ENABLE": "true",
+            "CODER_PROMETHEUS_ENABLE": "true" if metrics else "false",
             "CODER_PROMETHEUS_ADDRESS": f"127.0.0.1:{self.metrics_port}",
             "CODER_WORKERS": str(workers),
             "CODER_LOG_LEVEL": "warning",
@@ -405,7 +406,8 @@ class Coderd:
         self.process = ServerProcess(argv, full_env, name=kind)
         try:
             self.process.wait_http(f"{self.base}/healthz", timeout=ready_timeout)
-            self.process.wait_http(self.metrics_url, timeout=ready_timeout)
+            if metrics:
+                self.process.wait_http(self.metrics_url, timeout=ready_timeout)
         except BaseException:
             self.stop()
             raise
