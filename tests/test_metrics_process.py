@@ -1,0 +1,70 @@
+"""Process metrics from psutil: the whole server (root and live children), CPU of reaped children
+kept, and the event loop's task count."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import weakref
+
+from prometheus_client import CollectorRegistry
+
+from metrics.process import AsyncioTasksCollector, ProcessCollector
+
+
+def _values(registry: CollectorRegistry) -> dict[str, float]:
+    return {s.name: s.value for f in registry.collect() for s in f.samples}
+
+
+def test_it_reports_every_process_family():
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    values = _values(registry)
+    assert set(values) == {
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_start_time_seconds",
+        "process_open_fds",
+        "process_max_fds",
+        "process_threads",
+    }
+    assert values["process_resident_memory_bytes"] > 0
+    assert values["process_threads"] >= 1
+    assert values["process_open_fds"] >= 3
+
+
+def test_it_adds_live_children_and_keeps_the_cpu_of_exited_ones():
+    registry = CollectorRegistry()
+    ProcessCollector(pid=os.getpid(), registry=registry)
+    before = _values(registry)
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        with_child = _values(registry)
+        assert with_child["process_threads"] >= before["process_threads"] + 1
+    finally:
+        child.communicate(b"")
+    burner = "n = 0\nfor i in range(6_000_000):\n    n += i\n"
+    subprocess.run([sys.executable, "-c", burner], check=True)  # exits and is reaped
+    after = _values(registry)
+    assert after["process_cpu_seconds_total"] >= before["process_cpu_seconds_total"] + 0.1
+
+
+def test_it_counts_the_tasks_of_the_serving_loops():
+    loops: weakref.WeakSet = weakref.WeakSet()
+    registry = CollectorRegistry()
+    registry.register(AsyncioTasksCollector(loops))
+
+    async def main() -> float:
+        loops.add(asyncio.get_running_loop())
+        gate = asyncio.Event()
+        tasks = [asyncio.create_task(gate.wait()) for _ in range(5)]
+        await asyncio.sleep(0)
+        count = _values(registry)["python_asyncio_tasks"]
+        gate.set()
+        await asyncio.gather(*tasks)
+        return count
+
+    assert asyncio.run(main()) == 6  # five waiting tasks and main itself
