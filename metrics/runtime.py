@@ -80,11 +80,11 @@ def build_state(
     """A complete metrics state on fresh registries (the server's, an external daemon's, a test's)."""
     live = CollectorRegistry()  # everything but the database gauges
     if multiproc_dir:
-        from prometheus_client.multiprocess import MultiProcessCollector
+        from metrics.multiprocess import CachingMultiProcessCollector
 
         # The live objects go to this process's mmap files; the served registry reads every file.
         metrics = build_metrics(CollectorRegistry(), legacy=legacy)
-        MultiProcessCollector(live, path=multiproc_dir)
+        CachingMultiProcessCollector(live, path=multiproc_dir)
         store = FileCacheStore(Path(multiproc_dir))
         tasks_gauge = Gauge(
             "python_asyncio_tasks",

