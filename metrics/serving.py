@@ -122,9 +122,8 @@ def _display(host: str, port: int) -> str:
 def start_listener(host: str, port: int, state: MetricsState | None = None) -> Listener:
     """Serve the metrics on host:port (every path) from a daemon thread."""
     try:
-        family, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
-            0
-        ][::4]
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        family, sockaddr = info[0], info[4]
     except (socket.gaierror, UnicodeError) as exc:
         raise ListenerError(
             f"cannot listen for metrics on {_display(host, port)} (--prometheus-address / "
