@@ -33,6 +33,8 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -150,12 +152,15 @@ def main() -> None:
             for (n, labels), _ in samples.items()
             if n == "coderd_api_request_latencies_seconds_count"
         }
+        master = psutil.Process(server.pid)
+        cpu_before = sum(master.cpu_times()[:2])
         times = []
         for _ in range(args.scrapes):
             start = time.perf_counter()
             status, _, body = http_get(server.metrics_url, {"Accept": PROMETHEUS_ACCEPT})
             times.append(time.perf_counter() - start)
             assert status == 200
+        cpu_per_scrape = (sum(master.cpu_times()[:2]) - cpu_before) / args.scrapes
         times.sort()
         print(
             f"\nscrape of the master's listener, 2 workers, {len({p for _, p in label_sets})} route patterns "
@@ -163,8 +168,9 @@ def main() -> None:
         )
         print(
             f"  median {statistics.median(times) * 1000:.1f} ms, p90 {times[int(len(times) * 0.9)] * 1000:.1f} ms "
-            f"over {args.scrapes} scrapes"
+            f"over {args.scrapes} scrapes; CPU time of the master per scrape {cpu_per_scrape * 1000:.1f} ms"
         )
+        print(f"  load average during the run: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     finally:
         for s in servers.values():
             s.stop()
