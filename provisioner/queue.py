@@ -103,9 +103,9 @@ def _claim_skip_locked(daemon_id: Any, provisioners: list[str], now: datetime) -
         job = _candidates(provisioners).select_for_update(skip_locked=True).first()
         if job is None:
             return None
+        ProvisionerJob.objects.filter(id=job.id).update(started_at=now, updated_at=now, worker_id=daemon_id)
         job.started_at = job.updated_at = now
         job.worker_id = daemon_id
-        job.save(update_fields=["started_at", "updated_at", "worker"])
         return job
 
 
