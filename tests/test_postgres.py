@@ -65,3 +65,14 @@ def test_it_refuses_a_malformed_connection_url_in_one_line(tmp_path) -> None:
     assert result.returncode == 2
     assert "CODER_PG_CONNECTION_URL" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", "Failed"), ("", "Skipped")])
+def test_it_fails_instead_of_skipping_a_missing_service_in_ci(monkeypatch, ci, outcome) -> None:
+    from tests.services import missing
+
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(BaseException) as raised:
+        missing("redis-server")
+    assert type(raised.value).__name__ == outcome
+    assert "redis-server" in str(raised.value)
