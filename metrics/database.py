@@ -51,7 +51,7 @@ class DatabaseCounts:
 def query_counts(now: datetime) -> DatabaseCounts:
     """Three aggregate queries: active users, users by status, and workspaces grouped by the labels
     of the per-template family (whose sums by status are the latest-build families)."""
-    from django.db import connection
+    from django.db import connection, transaction
     from django.db.models import Count, F
 
     from coderd.users.models import APIKey, User
@@ -96,7 +96,11 @@ def query_counts(now: datetime) -> DatabaseCounts:
         f"JOIN {q(TemplateVersion._meta.db_table)} v ON v.{q('id')} = g.{q('vi')} "
         f"JOIN {q(User._meta.db_table)} u ON u.{q('id')} = g.{q('oi')}"
     )
-    with connection.cursor() as cursor:
+    postgres = connection.vendor == "postgresql"
+    with transaction.atomic() if postgres else contextlib.nullcontext(), connection.cursor() as cursor:
+        if postgres:
+            # The default 4 MB spills the hash joins and the sort of ~100,000 rows to disk.
+            cursor.execute("SET LOCAL work_mem = '64MB'")
         cursor.execute(sql, params)
         per_template = [tuple(row) for row in cursor.fetchall()]
     latest = dict.fromkeys(JOB_STATUSES, 0)
