@@ -180,6 +180,7 @@ class Outcome:
     status: str | None  # as stored; None when someone else (the reaper, a lost link) ended the job
     error: str
     seconds: float
+    stopped: str | None = None  # why it stopped early: canceled, closed, gone or lost
 
 
 def _finish(spec: JobSpec, sink: JobSink, ctx: JobContext, error: str) -> str | None:
@@ -192,6 +193,7 @@ def _finish(spec: JobSpec, sink: JobSink, ctx: JobContext, error: str) -> str | 
                 ctx.flush()
             return sink.finish(error)
         except SinkLost:
+            ctx.stop_reason = STOP_LOST
             return None
         except Exception:
             if attempt == FINISH_ATTEMPTS - 1:
@@ -261,4 +263,4 @@ def execute_job(
         # Nobody will hear from this daemon about the job: count it here, as failed.
         build = spec.build_info()
         _safe("job_finished", lambda: observer.job_finished(spec.provisioner, False, seconds, build))
-    return Outcome(status=status, error=error, seconds=seconds)
+    return Outcome(status=status, error=error, seconds=seconds, stopped=ctx.stop_reason)

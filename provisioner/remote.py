@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from provisioner.execution import HEARTBEAT_INTERVAL, LogLine, Outcome, SinkLost, execute_job
+from provisioner.execution import HEARTBEAT_INTERVAL, STOP_LOST, LogLine, Outcome, SinkLost, execute_job
 from provisioner.observer import JobObserver, NullObserver
 from provisioner.runners import KNOWN_PROVISIONERS, JobSpec, Provisioner, default_runners
 
@@ -188,7 +188,7 @@ class RemoteDaemon:
             heartbeat_interval=HEARTBEAT_INTERVAL,
         )
         log.info("job %s %s", spec.job_id, self.last_outcome.status or "ended (link lost)")
-        if self.last_outcome.status is None:
+        if self.last_outcome.stopped == STOP_LOST:
             raise SinkLost("the link dropped during the job")
         return True
 
