@@ -72,6 +72,18 @@ def test_it_fails_a_script_that_runs_past_its_timeout(owner, tmp_path):
     assert outputs(job)[0] == "sleeping"
 
 
+def test_it_times_out_a_script_that_never_stops_talking(owner, tmp_path):
+    workspace = shell_workspace(
+        owner, {"start": "while :; do echo tick; sleep 0.01; done\n", "timeout_seconds": 1}
+    )
+    began = time.monotonic()
+    run(tmp_path)
+    assert time.monotonic() - began < 5
+    job = build_job(workspace)
+    assert "timed out" in job.error
+    assert outputs(job).count("tick") > 10
+
+
 def test_it_removes_the_workspace_folder_after_a_successful_delete(owner, tmp_path):
     workspace = shell_workspace(owner, {"start": "echo hi > file\n", "delete": "cat file\n"})
     run(tmp_path)

@@ -161,8 +161,7 @@ class ShellProvisioner:
                 if item is _EOF:
                     eof = True
                 elif item is not None:
-                    ctx.log(item)
-                    continue  # drain what is already there before the slower checks
+                    ctx.log(item)  # then the checks below: a chatty script must still be stoppable
                 if proc.poll() is not None:
                     if eof:
                         break
