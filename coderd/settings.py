@@ -174,6 +174,12 @@ PROMETHEUS_LEGACY_METRICS = env_bool("CODER_PROMETHEUS_LEGACY_METRICS", True)
 PROMETHEUS_REFRESH_INTERVAL = env_duration("CODER_PROMETHEUS_REFRESH_INTERVAL", "60s")
 # /metrics on the main port without authentication (the listener never asks for any).
 PROMETHEUS_PUBLIC = env_bool("CODER_PROMETHEUS_PUBLIC", False)
+# django-prometheus's database wrappers: django_db_* query counters and latencies (a small cost on
+# every query, so off unless asked for).
+PROMETHEUS_DJANGO_DB_METRICS = env_bool("CODER_PROMETHEUS_DJANGO_DB_METRICS", False)
+if PROMETHEUS_DJANGO_DB_METRICS:
+    for _db in DATABASES.values():
+        _db["ENGINE"] = _db["ENGINE"].replace("django.db.backends.", "django_prometheus.db.backends.")
 
 # A request body larger than this is refused with 413.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024

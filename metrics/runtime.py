@@ -76,6 +76,7 @@ def build_state(
     with_database: bool = True,
     multiproc_dir: str | None = None,
     root_pid: int | None = None,
+    django_db_metrics: bool = False,
 ) -> MetricsState:
     """A complete metrics state on fresh registries (the server's, an external daemon's, a test's)."""
     live = CollectorRegistry()  # everything but the database gauges
@@ -96,6 +97,9 @@ def build_state(
         metrics = build_metrics(live, legacy=legacy)
         store = MemoryCacheStore()
         tasks_gauge = None
+    if django_db_metrics and not multiproc_dir:
+        # Multiprocess mode finds them in the workers' files like every other metric.
+        live.register(DjangoDatabaseCollector())
     ProcessCollector(pid=root_pid, registry=live)
     PlatformCollector(registry=live)
     GCCollector(registry=live)
@@ -116,6 +120,24 @@ def build_state(
     if tasks_gauge is None:
         live.register(AsyncioTasksCollector(state.loops))
     return state
+
+
+class DjangoDatabaseCollector:
+    """django-prometheus's `django_db_*` metrics (its database wrappers write them to prometheus_client's
+    default registry, which nothing here serves): CODER_PROMETHEUS_DJANGO_DB_METRICS."""
+
+    def collect(self):
+        from django_prometheus.db import metrics as db
+
+        for metric in (
+            db.connections_total,
+            db.connection_errors_total,
+            db.execute_total,
+            db.execute_many_total,
+            db.errors_total,
+            db.query_duration_seconds,
+        ):
+            yield from metric.collect()
 
 
 class _Union:
@@ -141,6 +163,7 @@ def _from_settings() -> MetricsState:
         refresh_interval=settings.PROMETHEUS_REFRESH_INTERVAL,
         multiproc_dir=multiprocess_dir(),
         root_pid=int(root) if root and root.isdigit() else None,
+        django_db_metrics=settings.PROMETHEUS_DJANGO_DB_METRICS,
     )
 
 

@@ -279,3 +279,34 @@ def test_it_serves_the_same_exposition_gzipped_and_plain_and_follows_refreshes(s
         return next(s.value for s in users.samples if s.labels["status"] == "active")
 
     assert (active_users(before), active_users(after)) == (1, 2)
+
+
+DJANGO_DB = textwrap.dedent(
+    """
+    import django
+    django.setup()
+    from django.core.management import call_command
+    call_command("migrate", verbosity=0)
+    from coderd.users.models import User
+    User.objects.count()
+    from metrics import runtime
+    from metrics.serving import expose
+    print(expose(runtime.current(), None, None)[2].decode())
+    """
+)
+
+
+def test_it_adds_django_prometheus_database_metrics_when_asked(tmp_path):
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "coderd.settings",
+        "CODER_DATA_DIR": str(tmp_path),
+        "CODER_PROMETHEUS_DJANGO_DB_METRICS": "true",
+    }
+    env.pop("CODER_PG_CONNECTION_URL", None)
+    done = subprocess.run([sys.executable, "-c", DJANGO_DB], env=env, cwd=REPO, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    families = {f.name: f for f in text_string_to_metric_families(done.stdout.decode())}
+    executed = sum(s.value for s in families["django_db_execute"].samples)
+    assert executed > 0
+    assert "django_db_query_duration_seconds" in families
