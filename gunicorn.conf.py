@@ -56,13 +56,15 @@ try:
 except EnvError as exc:
     _die(str(exc))
 
-# This start's own directory: the daemons lock, and the metrics files unless one is given.
-RUNTIME_DIR = Path(tempfile.mkdtemp(prefix="coderd-gunicorn-"))
-_own_multiproc_dir = False
+# This start's own directory: the daemons lock, and the metrics files unless one is given. Kept in
+# the environment so that a reload (SIGHUP re-reads this file in the same master) keeps using it.
+RUNTIME_DIR = Path(
+    os.environ.get("CODER_GUNICORN_RUNTIME_DIR") or tempfile.mkdtemp(prefix="coderd-gunicorn-")
+)
+os.environ["CODER_GUNICORN_RUNTIME_DIR"] = str(RUNTIME_DIR)
 if METRICS_ENABLED:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(RUNTIME_DIR / "metrics")
-        _own_multiproc_dir = True
     # Process metrics of the whole server: this master and every worker below it.
     os.environ["CODER_METRICS_ROOT_PID"] = str(os.getpid())
 

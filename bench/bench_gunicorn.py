@@ -44,8 +44,20 @@ PROMETHEUS_ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;versi
 CONVERTER = re.compile(r"<(?:([^>:]+):)?([^>]+)>")
 
 
-def wrk(url: str, token: str, seconds: float, connections: int) -> float:
-    """Requests per second wrk reaches (2 threads: the machine's 2 cores are shared with the server)."""
+def server_cpu(server: Coderd) -> float:
+    """CPU seconds of the server: its master and workers (and exited workers, reaped by the master)."""
+    master = psutil.Process(server.pid)
+    total = sum(master.cpu_times()[:4])  # user, system, and the reaped children's
+    for child in master.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
+
+
+def wrk(url: str, token: str, seconds: float, connections: int) -> tuple[float, int]:
+    """(requests per second, requests) wrk reaches (2 threads: the machine's 2 cores are shared)."""
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", "-H", f"Coder-Session-Token: {token}", url],
         capture_output=True,
@@ -55,7 +67,8 @@ def wrk(url: str, token: str, seconds: float, connections: int) -> float:
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non_2xx:
         raise SystemExit(f"wrk saw {non_2xx.group(1)} error answers from {url}:\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), requests
 
 
 def route_urls() -> list[str]:
@@ -124,20 +137,30 @@ def main() -> None:
         tokens = {name: s.first_user() for name, s in servers.items()}
 
         results: dict[str, list[float]] = {name: [] for name in servers}
+        cpu_per_request: dict[str, list[float]] = {name: [] for name in servers}
         names = list(servers)
         for r in range(args.rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate who goes first
                 url = servers[name].base + "/api/v2/users/me"
-                results[name].append(wrk(url, tokens[name], args.seconds, args.connections))
+                cpu = server_cpu(servers[name])
+                rate, requests = wrk(url, tokens[name], args.seconds, args.connections)
+                results[name].append(rate)
+                cpu_per_request[name].append((server_cpu(servers[name]) - cpu) / requests)
         median = {name: statistics.median(v) for name, v in results.items()}
+        cpu_median = {name: statistics.median(v) for name, v in cpu_per_request.items()}
         print(
             f"\nauthenticated GET /api/v2/users/me, wrk -t2 -c{args.connections}, {args.rounds} rounds of {args.seconds:g}s"
         )
         for name in names:
             rounds = " ".join(f"{v:.0f}" for v in results[name])
-            print(f"  {name:7} {median[name]:8.0f} req/s (rounds: {rounds})")
+            print(
+                f"  {name:7} {median[name]:8.0f} req/s (rounds: {rounds}); "
+                f"server CPU {cpu_median[name] * 1e6:.0f} µs a request"
+            )
         print(f"  2 workers / 1 worker (metrics on):     {median['2w-on'] / median['1w-on']:.2f}x")
         print(f"  2 workers, metrics on / metrics off:   {median['2w-on'] / median['2w-off']:.3f}")
+        cost = cpu_median["2w-on"] / cpu_median["2w-off"] - 1
+        print(f"  multiprocess metrics, server CPU a request: {cost * 100:+.1f} % against metrics off")
 
         # Scrape cost: every route pattern in use, in both workers, then the master's listener.
         server = servers["2w-on"]
