@@ -54,9 +54,12 @@ def start_server(data_dir: Path, *flags: str, **env: str) -> ServerProcess:
     )
 
 
-def stop_by_sigterm(server: ServerProcess, timeout: float = 15) -> int:
+def stop_by_sigterm(server: ServerProcess, timeout: float = 30) -> int:
     os.kill(server.pid, signal.SIGTERM)
-    return server.popen.wait(timeout=timeout)
+    try:
+        return server.popen.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running {timeout}s after SIGTERM:\n{server.log()[-4000:]}") from None
 
 
 def served_url(server: ServerProcess) -> str:
@@ -381,3 +384,13 @@ def test_it_serves_metrics_as_its_flags_say(tmp_path: Path) -> None:
     assert "coderd_api_request_latencies_seconds" in names
     assert "coderd_api_request_latencies_ms" not in names  # the flag won over the variable
     assert f"serving metrics on http://127.0.0.1:{metrics_port}/metrics" in server.log()
+
+
+def test_it_stops_on_a_sigterm_that_comes_as_it_starts_serving(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--http-address", "127.0.0.1:0", "--provisioner-daemons", "0")
+    try:
+        served_url(server)  # the signal lands while uvicorn is still being set up
+        assert stop_by_sigterm(server) == 0
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log()

@@ -268,6 +268,8 @@ class Command(BaseCommand):
         )
         server = _Server(config)
         stop.server = server
+        if stop.requested:  # a signal came while uvicorn was being imported: serve nothing
+            server.stop()
         asyncio.run(server.server.serve(sockets=[sock]))
 
 
