@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> None:
         f"data: {sum(counts.users.values())} users, {sum(counts.latest_build.values())} workspaces with a build, "
         f"{len(counts.per_template)} per-template series, {series} series in all"
     )
-    print(f"one refresh of all database gauges (4 queries): median {median_ms(refreshes):.0f} ms "
+    print(f"one refresh of all database gauges (3 aggregate queries): median {median_ms(refreshes):.0f} ms "
           f"(min {min(refreshes) * 1000:.0f}, max {max(refreshes) * 1000:.0f}) over {len(refreshes)}")  # fmt: skip
     print(f"first scrape after a refresh (renders the database families): {first * 1000:.0f} ms")
     for name, (ms, size) in results.items():
