@@ -42,18 +42,9 @@ class Coderd:
         self.server: ServerProcess | None = None
         self.token = ""
 
-    def start(self) -> None:
-        argv = [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "coderd.asgi:application",
-        ]
-        self.server = ServerProcess(argv, env=self.env, name="daphne")
+    def start(self, argv: list[str] | None = None) -> None:
+        daphne = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "coderd.asgi:application"]
+        self.server = ServerProcess([sys.executable, *(argv or daphne)], env=self.env, name="coderd")
         self.server.wait_http(self.base + "/api/v2/buildinfo")
 
     def stop(self) -> None:
@@ -222,3 +213,16 @@ def test_it_stops_the_running_job_on_a_second_sigterm_or_a_sigint(coderd, tmp_pa
             assert "closed" in job["error"]
         finally:
             daemon.stop()
+
+
+def test_it_runs_builds_under_runserver_with_daemons_in_the_serving_process_only(coderd):
+    # With the autoreloader: the parent watches files, the child serves; only the child runs daemons.
+    coderd.start(["manage.py", "runserver", f"127.0.0.1:{coderd.port}", "--provisioner-daemons", "2"])
+    coderd.first_user()
+    template_id = coderd.template("rs", "echo", {"start": {"duration_ms": 50, "logs": ["from runserver"]}})
+    build_id = coderd.workspace(template_id, "ws-rs")["latest_build"]["id"]
+    messages, code = coderd.follow(build_id)
+    assert ([m["output"] for m in messages], code) == (["from runserver"], 1000)
+    daemons = coderd.ok("GET", "organizations/default/provisionerdaemons")
+    assert len(daemons) == 2
+    assert not any(d["external"] for d in daemons)
