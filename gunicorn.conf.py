@@ -34,6 +34,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent
@@ -80,22 +81,16 @@ keepalive = 5
 accesslog = None  # the metrics count requests; Django logs errors
 
 
-def _worker_class():
-    from uvicorn_worker import UvicornWorker
-
-    class CoderdUvicornWorker(UvicornWorker):
-        # Channels' ProtocolTypeRouter has no lifespan protocol: do not ask for it.
-        CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "lifespan": "off"}
-
-    return CoderdUvicornWorker
-
-
-worker_class = _worker_class()
+# Channels' router has no ASGI lifespan protocol, so uvicorn runs without one; a side effect of
+# uvicorn-worker 0.4 in that mode is one harmless INFO line per worker exit, "Error while closing
+# socket [Errno 9] Bad file descriptor" (uvicorn has already closed it).
+worker_class = "uvicorn_worker.UvicornWorker"
 
 # --- hooks -----------------------------------------------------------------------------------
 _listener = None  # the master's metrics listener
 _daemons = None  # the in-process daemons, in the one worker holding the lock
-_daemons_lock_fd: int | None = None
+_daemons_guard = threading.Lock()
+_exiting = threading.Event()
 
 
 def on_starting(server) -> None:
@@ -188,33 +183,46 @@ def post_fork(server, worker) -> None:
 
 
 def post_worker_init(worker) -> None:
-    """In the worker, its app loaded: take the daemons if no other worker has them."""
-    global _daemons, _daemons_lock_fd
+    """In the worker, its app loaded: wait (in a thread) to be the one worker that runs the daemons.
+
+    The lock is an flock on a file of this start: the kernel drops it when its holder exits however
+    it exits (SIGKILL included), and exactly one waiting worker then gets it. Workers of a reload
+    (SIGHUP) or a replacement wait the same way while the old holder finishes its running job."""
     fd = os.open(RUNTIME_DIR / "daemons.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return
-    _daemons_lock_fd = fd  # held until this process exits, however it exits
-    from django.conf import settings
+    threading.Thread(target=_take_daemons, args=(worker, fd), name="daemons-lock", daemon=True).start()
 
-    from provisioner.daemon import start_in_process
 
-    observer = None
-    if METRICS_ENABLED:
-        from metrics.serving import get_observer
+def _take_daemons(worker, fd: int) -> None:
+    global _daemons
+    fcntl.flock(fd, fcntl.LOCK_EX)  # blocks (without the GIL) while another worker has them
+    with _daemons_guard:
+        if _exiting.is_set():
+            os.close(fd)
+            return
+        from django.conf import settings
 
-        observer = get_observer()
-    _daemons = start_in_process(settings.PROVISIONER_DAEMONS, observer=observer)
+        from provisioner.daemon import start_in_process
+
+        observer = None
+        if METRICS_ENABLED:
+            from metrics.serving import get_observer
+
+            observer = get_observer()
+        _daemons = start_in_process(settings.PROVISIONER_DAEMONS, observer=observer)
+    # fd stays open: the lock is held until this process exits.
     worker.log.info(
         "worker %s runs the %d provisioner daemon(s) and the reaper", worker.pid, settings.PROVISIONER_DAEMONS
     )
 
 
 def worker_exit(server, worker) -> None:
-    if _daemons is not None and os.getpid() == worker.pid:
-        _daemons.shutdown(graceful=True)
+    if os.getpid() != worker.pid:
+        return  # gunicorn also calls this in the master for a worker it found already gone
+    with _daemons_guard:
+        _exiting.set()
+        daemons = _daemons
+    if daemons is not None:
+        daemons.shutdown(graceful=True)
 
 
 def child_exit(server, worker) -> None:
