@@ -139,6 +139,9 @@ def job_spec(job: ProvisionerJob) -> JobSpec:
         "type": job.type,
         "provisioner": job.provisioner,
     }
+    # The services' input names two fields differently; the rows below win when they exist.
+    data.setdefault("template_version", data.get("template_version_name", ""))
+    data.setdefault("build_id", data.get("workspace_build_id", ""))
     if job.type == JobType.WORKSPACE_BUILD:
         build = (
             WorkspaceBuild.objects.select_related(
