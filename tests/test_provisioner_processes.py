@@ -46,7 +46,7 @@ def sqlite_store(tmp_path: Path) -> Store:
     return Store({"CODER_DATA_DIR": str(tmp_path)})
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store(request, tmp_path: Path) -> Store:
     if request.param == "sqlite":
         return Store({"CODER_DATA_DIR": str(tmp_path)})
