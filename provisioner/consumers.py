@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 FALLBACK_POLL_SECONDS = 1.0
 PSK_HEADER = b"coder-provisioner-daemon-psk"
 MAX_LOG_LINES_PER_MESSAGE = 1000
+LOG_PAGE = 500
 
 
 def _headers(scope: dict[str, Any]) -> dict[str, str]:
@@ -135,10 +136,15 @@ class JobLogsConsumer(JsonConsumer):
         async with self.lock:
             if self.finished:
                 return
-            done, entries = await database_sync_to_async(queue.logs_after)(self.job_id, self.after)
-            for entry in entries:
-                await self.send_json(entry)
-                self.after = entry["id"]
+            while True:  # in pages, so that a long backlog is never all in memory at once
+                done, entries = await database_sync_to_async(queue.logs_after)(
+                    self.job_id, self.after, LOG_PAGE
+                )
+                for entry in entries:
+                    await self.send_json(entry)
+                    self.after = entry["id"]
+                if len(entries) < LOG_PAGE:
+                    break
             if done:
                 self.finished = True
                 await self.close(code=1000)

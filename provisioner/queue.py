@@ -232,11 +232,14 @@ def log_json(entry: ProvisionerJobLog) -> dict[str, Any]:
     }
 
 
-def logs_after(job_id: Any, after_id: int = 0) -> tuple[bool, list[dict[str, Any]]]:
-    """(job ended, its log lines after `after_id`). The end is read first: a job's logs are all
-    written before it ends, so when it has ended these are the last lines."""
+def logs_after(job_id: Any, after_id: int = 0, limit: int | None = None) -> tuple[bool, list[dict[str, Any]]]:
+    """(job ended, up to `limit` of its log lines after `after_id`). The end is read first: a job's
+    logs are all written before it ends, so when it has ended and fewer than `limit` lines came back,
+    these are the last lines."""
     done = ProvisionerJob.objects.filter(id=job_id, completed_at__isnull=False).exists()
     entries = ProvisionerJobLog.objects.filter(job_id=job_id, id__gt=after_id).order_by("id")
+    if limit is not None:
+        entries = entries[:limit]
     return done, [log_json(e) for e in entries]
 
 

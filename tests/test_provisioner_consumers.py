@@ -13,7 +13,7 @@ from coderd.asgi import application
 from provisioner.daemon import Daemon
 from provisioner.models import ProvisionerDaemon
 from tests.fixtures import make_echo_template, make_workspace, token_for
-from tests.provisioner_support import build_job, ready_template
+from tests.provisioner_support import T0, build_job, ready_template
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 LINES = [f"line {i}" for i in range(8)]
@@ -209,3 +209,16 @@ async def test_it_refuses_a_malformed_id_without_an_error(owner):
         "/api/v2/workspaces/not-a-uuid/watch-ws",
     ]:
         assert await refused(communicator(path, token))
+
+
+async def test_it_sends_a_long_backlog_in_pages_without_gaps(owner, streaming, tmp_path, monkeypatch):
+    from provisioner import consumers
+
+    monkeypatch.setattr(consumers, "LOG_PAGE", 3)
+    await sync_to_async(Daemon("d1", data_dir=tmp_path).run_once)(T0)
+    token = await sync_to_async(token_for)(owner)
+    build_id = await sync_to_async(lambda: streaming.latest_build.id)()
+    comm = communicator(f"/api/v2/workspacebuilds/{build_id}/logs?follow", token)
+    assert (await comm.connect(timeout=5))[0]
+    messages, code = await read_until_close(comm)
+    assert ([m["output"] for m in messages], code) == (LINES, 1000)
