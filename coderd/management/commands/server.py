@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import re
 import signal
 import socket
 import sys
@@ -26,9 +25,14 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
+from coderd.cli import Once, OneLineParser
 from coderd.env import EnvError, parse_address, parse_bool, parse_duration, parse_int
 
 logger = logging.getLogger("coderd.server")
+
+# Imported by provisionerd under these names before they moved to coderd.cli.
+_Once = Once
+__all__ = ["FLAGS", "Command", "OneLineParser", "_Once"]
 
 # Open websockets (log followers, watchers) are asked to close on shutdown; past this they are cut.
 GRACEFUL_HTTP_SECONDS = 5.0
@@ -95,28 +99,6 @@ FLAGS: tuple[Flag, ...] = (
 )  # fmt: skip
 
 
-class OneLineParser(CommandParser):
-    """A bad flag is one line naming it and exit code 2, not argparse's usage block."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        if self.called_from_command_line:
-            # "argument --x: --x='y' is not ..." says the flag's name twice: keep the second.
-            message = re.sub(r"^argument (\S+): (?=\1=)", "", message)
-            self.exit(2, f"{self.prog}: {message}\n")
-        super().error(message)
-
-
-class _Once(argparse.Action):
-    """Stores a flag's value, refusing the flag a second time (which value would win is a guess)."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        given = namespace.__dict__.setdefault("_given", set())
-        if self.dest in given:
-            parser.error(f"{option_string} given twice")
-        given.add(self.dest)
-        setattr(namespace, self.dest, values)
-
-
 def _argparse_type(flag: Flag) -> Callable[[str], Any]:
     def convert(value: str) -> Any:
         try:
@@ -174,7 +156,7 @@ class Command(BaseCommand):
             extra: dict[str, Any] = {"nargs": "?", "const": True} if flag.boolean else {}
             parser.add_argument(
                 flag.name,
-                action=_Once,
+                action=Once,
                 type=_argparse_type(flag),
                 default=None,
                 metavar=flag.metavar,
