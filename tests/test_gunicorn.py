@@ -188,6 +188,28 @@ def test_it_keeps_counting_when_a_worker_is_killed_mid_load(tmp_path, redis_url)
         server.stop()
 
 
+@pytest.mark.redis
+def test_it_hands_the_daemons_over_on_a_reload(tmp_path, redis_url) -> None:
+    server = gunicorn(tmp_path, redis_url)
+    try:
+        old = server.worker_pids()
+        os.kill(server.pid, signal.SIGHUP)  # new workers start, then the old ones stop gracefully
+        wait_for(lambda: len(server.worker_pids()) == 2 and not server.worker_pids() & old, 60, "new workers")
+        holders = wait_for(
+            lambda: [int(p) for p in re.findall(r"worker (\d+) runs the", server.process.log())][1:],
+            60,
+            "a new worker to take the daemons",
+        )
+        assert holders[0] in server.worker_pids()
+        wait_for(
+            lambda: server.scrape()[("coderd_provisionerd_num_daemons", frozenset())] == 3,
+            30,
+            "3 daemons (the old holder's marked dead, the new holder's started)",
+        )
+    finally:
+        server.stop()
+
+
 def test_it_refuses_several_workers_without_redis(tmp_path) -> None:
     env = {
         "CODER_DATA_DIR": str(tmp_path),
