@@ -29,6 +29,12 @@ admin.site.site_url = "/api/v2/docs"  # "View site": there is no other site than
 MAX_LOG_LINES = 2000
 
 
+def describe(exc: APIError) -> str:
+    """An APIError as one sentence for an admin message: the message, its detail, each field's reason."""
+    parts = [exc.message, exc.detail, *(v.get("detail", "") for v in exc.validations)]
+    return " ".join(p for p in parts if p)
+
+
 def run_each(
     modeladmin: admin.ModelAdmin,
     request: HttpRequest,
@@ -45,8 +51,7 @@ def run_each(
         try:
             service(obj)
         except APIError as exc:
-            detail = f" {exc.detail}" if exc.detail else ""
-            modeladmin.message_user(request, f"{obj}: {exc.message}{detail}", messages.ERROR)
+            modeladmin.message_user(request, f"{obj}: {describe(exc)}", messages.ERROR)
         else:
             done += 1
     if done:

@@ -13,10 +13,17 @@ from django.contrib import admin
 from django.db.models import Count, F, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from coderd.admin import JobStatusFilter, render_job_logs, run_each, status_badge, with_job_status
-from provisioner.models import JobType, ProvisionerDaemon, ProvisionerJob, ProvisionerJobLog
+from provisioner.models import (
+    HEARTBEAT_STALE_AFTER,
+    JobType,
+    ProvisionerDaemon,
+    ProvisionerJob,
+    ProvisionerJobLog,
+)
 
 
 def _change_link(obj: Any, text: Any = None) -> str:
@@ -28,7 +35,8 @@ def _change_link(obj: Any, text: Any = None) -> str:
 
 
 def cancel(actor: Any, job: ProvisionerJob) -> Any:
-    """A build's job is canceled through the build (so its workspace is told); an import directly."""
+    """Cancel through what the job is for, as the API does: a build (so its workspace is told) or a
+    template version (template admins only)."""
     from provisioner.jobs import cancel_job
 
     if job.type == JobType.WORKSPACE_BUILD:
@@ -38,7 +46,14 @@ def cancel(actor: Any, job: ProvisionerJob) -> Any:
         build = WorkspaceBuild.objects.select_related("workspace").filter(job_id=job.pk).first()
         if build is not None:
             return cancel_build(actor, build)
-    return cancel_job(job)
+    else:
+        from coderd.workspaces.models import TemplateVersion
+        from coderd.workspaces.services import cancel_template_version
+
+        version = TemplateVersion.objects.filter(job_id=job.pk).first()
+        if version is not None:
+            return cancel_template_version(actor, version)
+    return cancel_job(job)  # a job with nothing behind it (left over): cancel it as it is
 
 
 @admin.register(ProvisionerJob)
@@ -127,7 +142,7 @@ class ProvisionerJobLogAdmin(admin.ModelAdmin):
 @admin.register(ProvisionerDaemon)
 class ProvisionerDaemonAdmin(admin.ModelAdmin):
     list_display = (
-        "name", "provisioner_list", "external", "version", "last_seen_at", "current_job_link", "jobs_run",
+        "name", "connected", "provisioner_list", "external", "version", "last_seen_at", "current_job_link", "jobs_run",
         "created_at",
     )  # fmt: skip
     list_filter = ("external", "last_seen_at")
@@ -141,6 +156,13 @@ class ProvisionerDaemonAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).annotate(n_jobs=Count("jobs"))
+
+    @admin.display(boolean=True, description="connected")
+    def connected(self, daemon: ProvisionerDaemon) -> bool:
+        # A daemon heart-beats while it runs a job and polls while idle; silence means it is gone.
+        return (
+            daemon.last_seen_at is not None and timezone.now() - daemon.last_seen_at < HEARTBEAT_STALE_AFTER
+        )
 
     @admin.display(description="provisioners")
     def provisioner_list(self, daemon: ProvisionerDaemon) -> str:

@@ -358,3 +358,49 @@ def test_it_lets_an_owner_change_their_own_password(admin_client: Client, owner:
     assert response.status_code == 302
     owner.refresh_from_db()
     assert owner.check_password("a-new-passphrase")
+
+
+def test_it_makes_a_version_active_through_the_service(
+    admin_client: Client, data: dict[str, Any], owner: Any
+) -> None:
+    from coderd.workspaces.services import create_template_version
+
+    template = data["workspace"].template
+    first = template.active_version
+    second = create_template_version(owner, template.organization, "echo", {}, name="v2", template=template)
+    url = CHANGELISTS[TemplateVersion]
+    # Its import has not run yet: still usable (pending), so the service accepts it.
+    response = act(admin_client, url, "make_active", second.pk)
+    assert any("Activated 1 version" in m for m in messages_of(response))
+    template.refresh_from_db()
+    assert template.active_version == second
+
+    # A failed import cannot become active: the service refuses, the admin says why.
+    finish_job(first.job, error="import failed")
+    response = act(admin_client, url, "make_active", first.pk)
+    assert any("import job is failed" in m for m in messages_of(response))
+    template.refresh_from_db()
+    assert template.active_version == second
+
+
+def test_it_filters_keys_by_state_and_shows_daemons_as_connected(
+    admin_client: Client, data: dict[str, Any], member: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    APIKey.objects.filter(user=member).update(expires_at=timezone.now() - timedelta(minutes=1))
+    token_for(member)
+    url = CHANGELISTS[APIKey]
+    live = admin_client.get(url, {"state": "live"}).context["cl"].result_count
+    expired = admin_client.get(url, {"state": "expired"}).context["cl"].result_count
+    assert (live, expired) == (1, 1)
+
+    ProvisionerDaemon.objects.filter(pk=data["daemon"].pk).update(last_seen_at=timezone.now())
+    ProvisionerDaemon.objects.create(
+        name="gone", provisioners=["echo"], last_seen_at=timezone.now() - timedelta(hours=1)
+    )
+    rows = admin_client.get(CHANGELISTS[ProvisionerDaemon]).context["cl"].result_list
+    admin_view = admin_client.get(CHANGELISTS[ProvisionerDaemon]).context["cl"].model_admin
+    assert {d.name: admin_view.connected(d) for d in rows} == {"in-process-1": True, "gone": False}

@@ -18,7 +18,7 @@ from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from coderd.admin import run_each
+from coderd.admin import describe, run_each
 from coderd.errors import APIError
 from coderd.users import services
 from coderd.users.models import APIKey, Organization, OrganizationMember, Role, User
@@ -161,7 +161,7 @@ class UserAdmin(admin.ModelAdmin):
             try:
                 services.set_user_roles(request.user, obj, new_roles)
             except APIError as exc:
-                self.message_user(request, f"Roles not changed: {exc.message}", messages.ERROR)
+                self.message_user(request, f"Roles not changed: {describe(exc)}", messages.ERROR)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Users are soft-deleted by the action below (their history stays), never removed.
@@ -247,12 +247,28 @@ class OrganizationMemberAdmin(admin.ModelAdmin):
     autocomplete_fields = ("user", "organization")
 
 
+class KeyStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("live", "Live"), ("expired", "Expired")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
+        now = timezone.now()
+        if self.value() == "live":
+            return queryset.filter(expires_at__gt=now)
+        if self.value() == "expired":
+            return queryset.filter(expires_at__lte=now)
+        return None
+
+
 @admin.register(APIKey)
 class APIKeyAdmin(admin.ModelAdmin):
     """Keys are read-only (deleting one revokes it); the secret's hash is never shown."""
 
     list_display = ("id", "user", "login_type", "token_name", "created_at", "expires_at", "last_used", "live")
-    list_filter = ("login_type", "expires_at", "last_used")
+    list_filter = (KeyStateFilter, "login_type", "expires_at", "last_used")
     search_fields = ("id", "token_name", "user__username", "user__email")
     list_select_related = ("user",)
     raw_id_fields = ("user",)

@@ -16,6 +16,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from coderd.admin import JobStatusFilter, render_job_logs, run_each, status_badge, with_job_status
+from coderd.errors import BadRequest
 from coderd.workspaces import services
 from coderd.workspaces.models import Template, TemplateVersion, Transition, Workspace, WorkspaceBuild
 
@@ -103,8 +104,21 @@ class TemplateVersionAdmin(ReadOnlyAdmin):
     )  # fmt: skip
     readonly_fields = fields
 
+    actions = ("make_active",)
+
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return with_job_status(super().get_queryset(request), "job__")
+
+    @admin.action(description="Make the active version of its template")
+    def make_active(self, request: HttpRequest, queryset: QuerySet) -> None:
+        def activate(version: TemplateVersion) -> None:
+            if version.template is None:
+                raise BadRequest("This version belongs to no template yet.")
+            services.set_active_version(request.user, version.template, version)
+
+        run_each(
+            self, request, queryset.select_related("template"), activate, "Activated {count} version(s)."
+        )
 
     @admin.display(description="import", ordering="job_status")
     def import_status(self, version: TemplateVersion) -> str:
