@@ -19,6 +19,7 @@ OpenMetrics from `Accept`, gzips when asked, and counts itself in `promhttp_*` a
 from __future__ import annotations
 
 import errno
+import gzip
 import logging
 import socket
 import sys
@@ -55,9 +56,16 @@ def expose(
     refresh (`DatabaseCollector.rendered`) and put first; the live families are rendered at each
     scrape and follow (family order carries no meaning; OpenMetrics' `# EOF` stays last)."""
     params = params or {}
-    if state.database is None or "name[]" in params:
+    if state.database is None:
         return _bake_output(state.registry, accept, accept_encoding, params, False)
     encoder, content_type = choose_encoder(accept)
+    if "name[]" in params:  # Prometheus' federation-style filter: rare, so not cached
+        body = encoder(_Only(state.registry, set(params["name[]"])))
+        headers = [("Content-Type", content_type)]
+        if gzip_accepted(accept_encoding):
+            headers.append(("Content-Encoding", "gzip"))
+            body = gzip.compress(body)
+        return "200 OK", headers, body
     cached = state.database.rendered(content_type, encoder)
     live = encoder(state.live_registry)
     headers = [("Content-Type", content_type)]
@@ -65,6 +73,20 @@ def expose(
         headers.append(("Content-Encoding", "gzip"))
         return "200 OK", headers, cached.gzip_with(live)
     return "200 OK", headers, cached.text + live
+
+
+class _Only:
+    """The families of `registry` named in `names` (a family matches by its name or a sample's)."""
+
+    def __init__(self, registry, names: set[str]) -> None:
+        self.registry = registry
+        self.names = names
+
+    def collect(self):
+        for family in self.registry.collect():
+            named = {family.name, family.name + "_total"} if family.type == "counter" else {family.name}
+            if named & self.names or any(s.name in self.names for s in family.samples):
+                yield family
 
 
 def make_listener_app(state: MetricsState | None = None) -> Callable:

@@ -310,3 +310,10 @@ def test_it_adds_django_prometheus_database_metrics_when_asked(tmp_path):
     executed = sum(s.value for s in families["django_db_execute"].samples)
     assert executed > 0
     assert "django_db_query_duration_seconds" in families
+
+
+def test_it_filters_families_by_name(listener):
+    query = "?name[]=coderd_api_total_user_count&name[]=coderd_api_requests_processed_total"
+    status, _, body = http_get(_url(listener, "/" + query))
+    assert status == 200
+    assert _names(body.decode()) == {"coderd_api_total_user_count", "coderd_api_requests_processed"}
