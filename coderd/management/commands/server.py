@@ -273,8 +273,7 @@ class _StopFlag:
         if self.server is not None:
             self.server.stop(force=self.forced)
         if self.forced and self.daemons is not None:
-            for daemon in self.daemons.daemons:
-                daemon.close()
+            self.daemons.close()  # sets flags only: the shutdown waiting in handle() returns soon
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
