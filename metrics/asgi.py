@@ -11,6 +11,7 @@ socket's lifetime is observed in the websocket duration histograms.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from metrics import runtime
@@ -64,6 +65,4 @@ class MetricsWebsocketMiddleware:
                 metrics.concurrent_websockets.dec()
             metrics.observe_websocket(path, code, time.perf_counter() - start if accepted else None)
             if state.asyncio_tasks_gauge is None:
-                import asyncio
-
                 state.note_loop(asyncio.get_running_loop())

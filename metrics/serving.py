@@ -10,6 +10,7 @@ Interfaces for the rest of the house:
 - `start_daemon_metrics(host, port)` -> (stop, observer): an external `provisionerd`'s own listener
   and registry (job and process metrics; no database gauges), as Coder's provisionerd serves.
 - `expose(state, accept, accept_encoding)` -> (status, headers, body): both doors use it.
+- `refresh_database_gauges()`: count the database gauges now (gunicorn's master at start-up).
 
 The listener is prometheus_client's own WSGI server machinery (a thread per scrape, so a scrape
 never runs on the serving event loop), around an app that answers every path, negotiates
