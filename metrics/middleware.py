@@ -11,6 +11,7 @@ when the request was cancelled because the client went away before anything was 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -19,6 +20,9 @@ from metrics import runtime
 from metrics.routes import http_route
 
 _TASKS_UPDATE_SECONDS = 1.0
+# One line per request (method, route, status, duration): DEBUG when it went well, WARNING for a 5xx,
+# as Coder's request logger does; INFO stays for start-up and events.
+request_log = logging.getLogger("coderd.http")
 # Any other method a client invents is labelled OTHER: a label value must not come from the client.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
@@ -52,7 +56,7 @@ class PrometheusMiddleware:
             return response
         finally:
             metrics.concurrent_requests.dec()
-            metrics.observe_request(_method(request), http_route(request), code, time.perf_counter() - start)
+            _record(metrics, request, code, time.perf_counter() - start)
 
     async def __acall__(self, request):
         state = runtime.current()
@@ -69,8 +73,16 @@ class PrometheusMiddleware:
             raise
         finally:
             metrics.concurrent_requests.dec()
-            metrics.observe_request(_method(request), http_route(request), code, time.perf_counter() - start)
+            _record(metrics, request, code, time.perf_counter() - start)
             _note_loop(state)
+
+
+def _record(metrics, request, code: int, seconds: float) -> None:
+    method, route = _method(request), http_route(request)
+    metrics.observe_request(method, route, code, seconds)
+    level = logging.WARNING if code >= 500 else logging.DEBUG
+    if request_log.isEnabledFor(level):
+        request_log.log(level, "%s %s %s %.1fms", method, route or request.path, code, seconds * 1000)
 
 
 def _note_loop(state: runtime.MetricsState) -> None:

@@ -199,3 +199,16 @@ def test_it_labels_ninja_routes_with_their_pattern(state, owner, member, asgi_ap
 )
 def test_it_turns_django_routes_into_coder_patterns(route, template):
     assert template_for_route(route) == template
+
+
+@pytest.mark.urls(__name__)
+def test_it_logs_one_line_per_request_with_method_route_status_and_duration(state, caplog):
+    caplog.set_level(logging.DEBUG, logger="coderd.http")
+    assert request("POST", f"/t/things/{uuid.uuid4()}") == 201
+    assert request("GET", "/t/boom") == 500
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "coderd.http"]
+    assert len(lines) == 2
+    assert lines[0][0] == logging.DEBUG
+    assert lines[0][1].startswith("POST /t/things/{thing} 201 ") and lines[0][1].endswith("ms")
+    assert lines[1][0] == logging.WARNING
+    assert lines[1][1].startswith("GET /t/boom 500 ")

@@ -22,8 +22,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from coderd.cli import Once as _Once
+from coderd.cli import OneLineParser
 from coderd.env import EnvError, parse_address, parse_bool, parse_duration
-from coderd.management.commands.server import OneLineParser, _Once
 from provisioner.runners import KNOWN_PROVISIONERS
 
 logger = logging.getLogger("provisioner.provisionerd")
