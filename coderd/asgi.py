@@ -18,8 +18,10 @@ except EnvError as exc:
 from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+from django.urls import re_path
 
 from coderd.routing import websocket_urlpatterns
+from coderd.ws_notfound import NotFoundConsumer
 from metrics.asgi import MetricsWebsocketMiddleware
 
 application = ProtocolTypeRouter(
@@ -28,7 +30,10 @@ application = ProtocolTypeRouter(
         # `manage.py server` and gunicorn need no web server in front.
         "http": ASGIStaticFilesHandler(django_asgi_app),
         "websocket": MetricsWebsocketMiddleware(
-            AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns))
+            AllowedHostsOriginValidator(
+                # The catch-all stays out of websocket_urlpatterns: the metrics label it path="".
+                URLRouter([*websocket_urlpatterns, re_path(r"", NotFoundConsumer.as_asgi())])
+            )
         ),
     }
 )

@@ -136,7 +136,44 @@ async def test_it_counts_sockets_through_the_real_application(state):
         "/api/v2/no-such-socket",
         headers=[(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")],
     )
-    with pytest.raises(ValueError):
-        await communicator.connect()
-    assert value(state, "coderd_api_requests_processed_total", code="500", method="GET", path="") == 1
+    # No route: a refusal (403 here: the test communicator offers no denial-response extension),
+    # never Channels' "No route found" exception.
+    connected, _ = await communicator.connect()
+    assert not connected
+    await communicator.disconnect()
+    assert value(state, "coderd_api_requests_processed_total", code="403", method="GET", path="") == 1
+    assert value(state, "coderd_api_requests_processed_total", code="500", method="GET", path="") == 0
+    assert value(state, "coderd_api_concurrent_websockets") == 0
+
+
+@pytest.mark.asyncio
+async def test_it_answers_404_to_an_unknown_websocket_path_when_the_server_can(state):
+    from coderd.asgi import application
+
+    sent: list[dict] = []
+    scope = {
+        "type": "websocket",
+        "path": "/api/v2/no-such-socket",
+        "raw_path": b"/api/v2/no-such-socket",
+        "query_string": b"",
+        "headers": [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")],
+        "subprotocols": [],
+        "extensions": {"websocket.http.response": {}},
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 3000),
+    }
+    messages = [{"type": "websocket.connect"}]
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        return {"type": "websocket.disconnect", "code": 1006}
+
+    async def send(message):
+        sent.append(message)
+
+    await application(scope, receive, send)
+    assert sent[0]["type"] == "websocket.http.response.start" and sent[0]["status"] == 404
+    assert b"Route not found" in sent[1]["body"]
+    assert value(state, "coderd_api_requests_processed_total", code="404", method="GET", path="") == 1
     assert value(state, "coderd_api_concurrent_websockets") == 0
