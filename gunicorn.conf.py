@@ -44,9 +44,16 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coderd.settings")
 from coderd.env import EnvError, env_address, env_bool, env_int  # noqa: E402 (after sys.path)
 
 
+def _exit(code: int) -> None:
+    """Stop start-up: on_exit will not run, so remove this start's directory here."""
+    if "RUNTIME_DIR" in globals():
+        shutil.rmtree(RUNTIME_DIR, ignore_errors=True)
+    sys.exit(code)
+
+
 def _die(message: str) -> None:
     print(f"coderd gunicorn: {message}", file=sys.stderr)
-    sys.exit(2)
+    _exit(2)
 
 
 try:
@@ -120,7 +127,7 @@ def _run_checks(server) -> None:
         hint = f" Hint: {p.hint}" if p.hint else ""
         (server.log.error if p.is_serious() else server.log.warning)("%s: %s%s", p.id, p.msg, hint)
     if any(p.is_serious() for p in problems):
-        sys.exit(2)
+        _exit(2)
 
 
 # Any constant: the key of the PostgreSQL advisory lock replicas migrate under.
@@ -155,7 +162,7 @@ def when_ready(server) -> None:
             _listener = serving.start_listener(host, port)
         except serving.ListenerError as exc:
             server.log.error("%s", exc)
-            sys.exit(1)
+            _exit(1)
         serving.refresh_database_gauges()  # the first count is at start-up, not after one interval
         connections.close_all()  # opened by that count, in this (the forking) thread
         server.log.info("serving metrics on http://%s:%s/metrics (sum of all workers)", host, port)

@@ -12,6 +12,7 @@ Registered as a pytest plugin by tests/conftest.py. Fixtures: `pg_server`, `pg_u
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -108,6 +109,18 @@ def stop_pid(pid: int, timeout: float = 10, sig: int = signal.SIGTERM) -> None:
     psutil.wait_procs(alive + children, timeout=5)
 
 
+_LOG_DIR: Path | None = None
+
+
+def _log_dir() -> Path:
+    """One folder for the logs of every server this process starts, removed when it exits."""
+    global _LOG_DIR
+    if _LOG_DIR is None:
+        _LOG_DIR = Path(tempfile.mkdtemp(prefix="coderd-test-logs-"))
+        atexit.register(shutil.rmtree, _LOG_DIR, True)
+    return _LOG_DIR
+
+
 class ServerProcess:
     """A server we start as a subprocess (gunicorn, `manage.py server`, prometheus), logged to a file."""
 
@@ -120,7 +133,7 @@ class ServerProcess:
     ) -> None:
         self.argv = argv
         self.name = name
-        self.log_path = Path(tempfile.mkstemp(prefix=f"coderd-{name}-", suffix=".log")[1])
+        self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=_log_dir())[1])
         full_env = dict(os.environ)
         full_env.update(env or {})
         with open(self.log_path, "wb") as log:
