@@ -4,7 +4,12 @@ Each test process gets its own data folder, so no test touches the user's real o
 is read too late: pytest-django has imported the settings by then).
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
-os.environ.setdefault("CODER_DATA_DIR", tempfile.mkdtemp(prefix="coderd-test-"))
+if "CODER_DATA_DIR" not in os.environ:
+    _data_dir = tempfile.mkdtemp(prefix="coderd-test-")
+    os.environ["CODER_DATA_DIR"] = _data_dir
+    atexit.register(shutil.rmtree, _data_dir, ignore_errors=True)
