@@ -82,15 +82,19 @@ def query_counts(now: datetime) -> DatabaseCounts:
             cursor.execute("SET LOCAL enable_nestloop = off")
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    # The two halves of the query can both have a "failed" row for one label set: add them up.
-    merged: dict[tuple, int] = {}
-    for *labels, n in rows:
-        key = tuple(labels)
-        merged[key] = merged.get(key, 0) + n
-    per_template = [(*key, n) for key, n in merged.items()]
+    # The two halves of the query can both have a "failed" row for one label set (a job that failed,
+    # and a stale heartbeat): add those up; any other row is unique.
+    # One pass over ~50,000 rows, the latest-build totals summed on the way.
+    per_template, failed = [], {}
     latest = dict.fromkeys(JOB_STATUSES, 0)
-    for status, *_, n in per_template:
-        latest[status] = latest.get(status, 0) + n
+    for row in rows:
+        status = row[0]
+        latest[status] += row[5]
+        if status == "failed":
+            failed[row[:5]] = failed.get(row[:5], 0) + row[5]
+        else:
+            per_template.append(row)
+    per_template.extend((*labels, n) for labels, n in failed.items())
     return DatabaseCounts(active_users=active, latest_build=latest, users=users, per_template=per_template)
 
 
@@ -111,6 +115,9 @@ def latest_build_sql(now: datetime) -> tuple[str, list]:
     w, b, j = (q(m._meta.db_table) for m in (Workspace, WorkspaceBuild, ProvisionerJob))
     t, v, u = (q(m._meta.db_table) for m in (Template, TemplateVersion, User))
     keys = "template_id, latest_version_id, owner_id, latest_transition"
+    # SQLite, without statistics, would rather scan all of the covering index than take the small
+    # partial one of running jobs: 4 times slower.
+    running = f"{w} INDEXED BY workspace_latest_job_running" if connection.vendor == "sqlite" else w
     heartbeat = f"(SELECT updated_at FROM {j} WHERE id = (SELECT job_id FROM {b} WHERE id = latest_build_id))"
     grouped = (
         f"SELECT {keys}, latest_job_state AS s, COUNT(*) AS n FROM {w}"
@@ -118,7 +125,7 @@ def latest_build_sql(now: datetime) -> tuple[str, list]:
         f" GROUP BY {keys}, latest_job_state"
         f" UNION ALL"
         f" SELECT {keys}, CASE WHEN {heartbeat} < %s THEN 'failed' ELSE 'running' END AS s, COUNT(*) AS n"
-        f" FROM {w} WHERE NOT deleted AND latest_job_state = 'running' GROUP BY 1, 2, 3, 4, 5"
+        f" FROM {running} WHERE NOT deleted AND latest_job_state = 'running' GROUP BY 1, 2, 3, 4, 5"
     )
     sql = (
         f"SELECT g.s, tt.name, vv.name, uu.username, g.latest_transition, g.n FROM ({grouped}) g"
