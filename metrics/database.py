@@ -76,15 +76,11 @@ def query_counts(now: datetime) -> DatabaseCounts:
         if postgres:
             # The default 4 MB spills the grouping of ~100,000 rows to disk.
             cursor.execute("SET LOCAL work_mem = '64MB'")
-            # It expects a fifth of the ~50,000 groups and would look each owner up by index (50,000
-            # lookups, half the query); hash joins with the names are four times faster. The stale
-            # heartbeats are scalar subqueries, index lookups whatever this says.
-            cursor.execute("SET LOCAL enable_nestloop = off")
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    # The two halves of the query can both have a "failed" row for one label set (a job that failed,
-    # and a stale heartbeat): add those up; any other row is unique.
-    # One pass over ~50,000 rows, the latest-build totals summed on the way.
+    # One pass over ~50,000 rows, the latest-build totals summed on the way. The two halves of the
+    # query can both have a "failed" row for one label set (a job that failed, and a stale
+    # heartbeat): add those up; any other row is unique.
     per_template, failed = [], {}
     latest = dict.fromkeys(JOB_STATUSES, 0)
     for row in rows:
@@ -99,39 +95,31 @@ def query_counts(now: datetime) -> DatabaseCounts:
 
 
 def latest_build_sql(now: datetime) -> tuple[str, list]:
-    """Live workspaces grouped by (status, template, version, owner, transition), named.
+    """Live workspaces counted by (status, template, version, owner, transition).
 
-    Reads the latest build's copies on the workspace row (`Workspace.latest_job_state` and friends,
-    kept by triggers), in the order of the `workspace_latest_build_gauge` index, so the grouping
-    streams over one index without a join or a sort. Only a running job needs more: its heartbeat,
-    looked up for those few rows, turns it into "failed" when stale (`HEARTBEAT_STALE_AFTER`)."""
+    Reads the copies on the workspace row (`Workspace.latest_job_state`, the names and friends, kept
+    by triggers) in the order of the `workspace_latest_build_gauge` index, so the grouping streams
+    over one index: no join, no sort. Only a running job needs more: its heartbeat, looked up for
+    those few rows, makes it "failed" when stale (`HEARTBEAT_STALE_AFTER`)."""
     from django.db import connection
 
-    from coderd.users.models import User
-    from coderd.workspaces.models import Template, TemplateVersion, Workspace, WorkspaceBuild
+    from coderd.workspaces.models import Workspace, WorkspaceBuild
     from provisioner.models import HEARTBEAT_STALE_AFTER, ProvisionerJob
 
     q = connection.ops.quote_name
     w, b, j = (q(m._meta.db_table) for m in (Workspace, WorkspaceBuild, ProvisionerJob))
-    t, v, u = (q(m._meta.db_table) for m in (Template, TemplateVersion, User))
-    keys = "template_id, latest_version_id, owner_id, latest_transition"
+    labels = "template_name, latest_version_name, owner_username, latest_transition"
     # SQLite, without statistics, would rather scan all of the covering index than take the small
     # partial one of running jobs: 4 times slower.
     running = f"{w} INDEXED BY workspace_latest_job_running" if connection.vendor == "sqlite" else w
     heartbeat = f"(SELECT updated_at FROM {j} WHERE id = (SELECT job_id FROM {b} WHERE id = latest_build_id))"
-    grouped = (
-        f"SELECT {keys}, latest_job_state AS s, COUNT(*) AS n FROM {w}"
-        f" WHERE NOT deleted AND latest_job_state IS NOT NULL AND latest_job_state <> 'running'"
-        f" GROUP BY {keys}, latest_job_state"
-        f" UNION ALL"
-        f" SELECT {keys}, CASE WHEN {heartbeat} < %s THEN 'failed' ELSE 'running' END AS s, COUNT(*) AS n"
-        f" FROM {running} WHERE NOT deleted AND latest_job_state = 'running' GROUP BY 1, 2, 3, 4, 5"
-    )
     sql = (
-        f"SELECT g.s, tt.name, vv.name, uu.username, g.latest_transition, g.n FROM ({grouped}) g"
-        f" JOIN {t} tt ON tt.id = g.template_id"
-        f" JOIN {v} vv ON vv.id = g.latest_version_id"
-        f" JOIN {u} uu ON uu.id = g.owner_id"
+        f"SELECT latest_job_state, {labels}, COUNT(*) FROM {w}"
+        f" WHERE NOT deleted AND latest_job_state IS NOT NULL AND latest_job_state <> 'running'"
+        f" GROUP BY {labels}, latest_job_state"
+        f" UNION ALL"
+        f" SELECT CASE WHEN {heartbeat} < %s THEN 'failed' ELSE 'running' END, {labels}, COUNT(*)"
+        f" FROM {running} WHERE NOT deleted AND latest_job_state = 'running' GROUP BY 1, 2, 3, 4, 5"
     )
     stale = connection.ops.adapt_datetimefield_value(now - HEARTBEAT_STALE_AFTER)
     return sql, [stale]

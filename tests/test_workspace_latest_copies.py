@@ -1,5 +1,6 @@
-"""Workspace.latest_version_id / latest_transition / latest_job_state: the copies of the latest build
-and its job's status that the metrics' refresh reads, kept by database triggers (migration
+"""Workspace.latest_version_id / latest_version_name / latest_transition / latest_job_state /
+owner_username / template_name: the copies of the latest build, its job's status and the label names
+that the metrics' refresh reads, kept by database triggers (migration
 workspaces 0002) through every writer: the services, the daemons' queue, the reaper, raw update(),
 bulk inserts, a save() of a stale instance. Runs on whichever database the suite runs on (SQLite, or
 PostgreSQL in .ci/run's PostgreSQL pass)."""
@@ -28,19 +29,39 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def truth() -> dict:
     """Each workspace's copies computed from its latest build and job (the heartbeat aside)."""
     out = {}
-    for ws in Workspace.objects.all():
-        build = WorkspaceBuild.objects.select_related("job").filter(pk=ws.latest_build_id).first()
+    for ws in Workspace.objects.select_related("owner", "template"):
+        names = (ws.owner.username, ws.template.name)
+        build = (
+            WorkspaceBuild.objects.select_related("job", "template_version")
+            .filter(pk=ws.latest_build_id)
+            .first()
+        )
         if build is None:
-            out[ws.pk] = (None, None, None)
+            out[ws.pk] = (None, None, None, None, *names)
             continue
         status = build.job.get_status(build.job.updated_at)  # judged at its own heartbeat: never stale
-        out[ws.pk] = (build.template_version_id, build.transition, status)
+        out[ws.pk] = (
+            build.template_version_id,
+            build.transition,
+            status,
+            build.template_version.name,
+            *names,
+        )
     return out
 
 
+COPIES = (
+    "latest_version_id",
+    "latest_transition",
+    "latest_job_state",
+    "latest_version_name",
+    "owner_username",
+    "template_name",
+)
+
+
 def copies() -> dict:
-    rows = Workspace.objects.values_list("pk", "latest_version_id", "latest_transition", "latest_job_state")
-    return {pk: (v, t, s) for pk, v, t, s in rows}
+    return {pk: tuple(rest) for pk, *rest in Workspace.objects.values_list("pk", *COPIES)}
 
 
 def assert_kept() -> dict:
@@ -73,7 +94,7 @@ def test_it_copies_a_new_workspace_and_follows_its_job_through_the_queue(owner, 
     ws = make_workspace(owner, ready_template, name="w1")
     stored = assert_kept()
     build = ws.latest_build
-    assert stored[ws.pk] == (build.template_version_id, "start", "pending")
+    assert stored[ws.pk] == (build.template_version_id, "start", "pending", "tpl-v1", "owner", "tpl")
 
     daemon = queue.register_daemon("d1", ["echo"], now)
     claim_for(daemon, build.job_id, now)
@@ -85,7 +106,7 @@ def test_it_copies_a_new_workspace_and_follows_its_job_through_the_queue(owner, 
     assert_kept()
 
     stop = create_build(owner, ws, "stop")
-    assert copies()[ws.pk] == (stop.template_version_id, "stop", "pending")
+    assert copies()[ws.pk][:3] == (stop.template_version_id, "stop", "pending")
     claim_for(daemon, stop.job_id, now)
     queue.fail(stop.job_id, now + timedelta(seconds=20), "boom", daemon_id=daemon.id)
     assert state_of(ws) == "failed"
@@ -132,11 +153,29 @@ def test_it_clears_the_copies_when_the_latest_build_goes(owner, ready_template):
     finish_job(first.job)
     second = create_build(owner, ws, "stop")
     Workspace.objects.filter(pk=ws.pk).update(latest_build=first)  # back to an older build
-    assert copies()[ws.pk] == (first.template_version_id, "start", "succeeded")
+    assert copies()[ws.pk][:3] == (first.template_version_id, "start", "succeeded")
     Workspace.objects.filter(pk=ws.pk).update(latest_build=None)
-    assert copies()[ws.pk] == (None, None, None)
+    assert copies()[ws.pk] == (None, None, None, None, "owner", "tpl")
     Workspace.objects.filter(pk=ws.pk).update(latest_build=second)
-    assert copies()[ws.pk] == (second.template_version_id, "stop", "pending")
+    assert copies()[ws.pk][:3] == (second.template_version_id, "stop", "pending")
+    assert_kept()
+
+
+def test_it_follows_renamed_owners_templates_and_versions(owner, ready_template):
+    from coderd.users.models import User
+    from coderd.workspaces.models import Template, TemplateVersion
+
+    ws = make_workspace(owner, ready_template, name="w")
+    other = make_workspace(owner, ready_template, name="w2")
+    User.objects.filter(pk=owner.pk).update(username="renamed-owner")
+    Template.objects.filter(pk=ready_template.pk).update(name="renamed-tpl")
+    TemplateVersion.objects.filter(pk=ws.latest_build.template_version_id).update(name="v-renamed")
+    for w in (ws, other):
+        assert copies()[w.pk][3:] == ("v-renamed", "renamed-owner", "renamed-tpl")
+    owner.refresh_from_db()
+    owner.username = "saved-owner"
+    owner.save()  # a model save, as the API's PATCH does
+    assert copies()[ws.pk][4] == "saved-owner"
     assert_kept()
 
 

@@ -76,13 +76,17 @@ class Workspace(models.Model):
     latest_build = models.OneToOneField(
         "WorkspaceBuild", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
-    # Copies of the latest build's version and transition and of its job's status (the heartbeat
-    # aside: a running job stays "running" here), so that the metrics' refresh reads one table.
-    # Written only by database triggers (workspaces/migrations/0002, coderd/workspaces/latest.py),
-    # which fire on every write to a workspace's latest_build, a build or a job: code never sets them.
+    # Copies of the latest build's version and transition, of its job's status (the heartbeat aside:
+    # a running job stays "running" here) and of the names the metrics label with, so that the
+    # metrics' refresh reads one index of one table. Written only by database triggers (migration
+    # workspaces 0002), which fire on every write to a workspace, a build, a job's outcome, or a
+    # user's, template's or version's name: code never sets them.
     latest_version_id = models.UUIDField(null=True, blank=True, editable=False)
+    latest_version_name = models.CharField(max_length=64, null=True, blank=True, editable=False)
     latest_transition = models.CharField(max_length=8, null=True, blank=True, editable=False)
     latest_job_state = models.CharField(max_length=10, null=True, blank=True, editable=False)
+    owner_username = models.CharField(max_length=64, null=True, blank=True, editable=False)
+    template_name = models.CharField(max_length=64, null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["owner_id", "name"]
@@ -93,13 +97,13 @@ class Workspace(models.Model):
         ]
         indexes = [
             models.Index(fields=["deleted", "template"]),
-            # The metrics' refresh: live workspaces in GROUP BY order, read from the index alone
-            # (SQLite wants `deleted` in it too to call it covering).
+            # The metrics' refresh: live workspaces in GROUP BY order (the labels), read from the
+            # index alone (SQLite wants `deleted` in it too to call it covering).
             models.Index(
                 fields=[
-                    "template",
-                    "latest_version_id",
-                    "owner",
+                    "template_name",
+                    "latest_version_name",
+                    "owner_username",
                     "latest_transition",
                     "latest_job_state",
                     "deleted",
