@@ -26,6 +26,7 @@ import json
 import mmap
 import os
 import struct
+import threading
 from collections.abc import Iterable
 
 from prometheus_client.metrics_core import Metric
@@ -96,13 +97,17 @@ class CachingMultiProcessCollector(MultiProcessCollector):
         self._layouts: dict[str, _Layout] = {}
         self._shape_of: tuple | None = None  # the files (path, inode, used) the shape was built from
         self._shape: list = []
+        # Scrapes run in threads of their own (the listener's); the layouts and the shape they
+        # share are updated in place, so one scrape merges at a time (a few ms each).
+        self._lock = threading.Lock()
 
     def collect(self) -> Iterable[Metric]:
         files = glob.glob(os.path.join(self._path, "*.db"))
         fast, rest = [], []
         for f in files:
             (fast if os.path.basename(f).startswith(("counter_", "histogram_")) else rest).append(f)
-        families = self._merge(fast)
+        with self._lock:
+            families = self._merge(fast)
         if rest:
             families.extend(self.merge(rest, accumulate=True))
         return families

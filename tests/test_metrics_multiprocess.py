@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -148,3 +149,38 @@ def test_it_sums_one_series_written_under_two_help_texts_as_prometheus_client_do
     stock, ours, _ = pair(mp)
     assert samples(ours) == samples(stock)
     assert [s[-1] for s in samples(ours)] == [3.0]
+
+
+def test_it_serves_concurrent_scrapes_while_workers_append(mp):
+    worker(mp, 51, range(3), 1.0)
+    _, ours, _ = pair(mp)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def scrape() -> None:
+        try:
+            while not done.is_set():
+                list(ours.collect())
+        except BaseException as exc:
+            errors.append(exc)
+            done.set()
+
+    threads = [threading.Thread(target=scrape) for _ in range(3)]
+    for t in threads:
+        t.start()
+    f = MmapedDict(str(mp / "counter_51.db"))
+    for r in range(400):  # new label sets while the scrapes run
+        labels = {"code": "201", "method": "POST", "path": f"/n{r}"}
+        f.write_value(
+            mmap_key(REQUESTS, f"{REQUESTS}_total", list(labels), list(labels.values()), f"{REQUESTS} help"),
+            1.0,
+            0.0,
+        )
+    f.close()
+    done.set()
+    for t in threads:
+        t.join()
+    assert errors == []
+    stock = CollectorRegistry()
+    MultiProcessCollector(stock, path=str(mp))
+    assert samples(ours) == samples(stock)
