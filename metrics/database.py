@@ -14,6 +14,7 @@ sync view), never from the event loop.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -51,7 +52,7 @@ class DatabaseCounts:
 def query_counts(now: datetime) -> DatabaseCounts:
     """Three aggregate queries: active users, users by status, and workspaces grouped by the labels
     of the per-template family (whose sums by status are the latest-build families)."""
-    from django.db import connection, transaction
+    from django.db import connection
     from django.db.models import Count
 
     from coderd.users.models import APIKey, User
@@ -69,6 +70,21 @@ def query_counts(now: datetime) -> DatabaseCounts:
     users = dict.fromkeys(USER_STATUSES, 0)
     for row in User.objects.filter(deleted=False).values("status").annotate(n=Count("id")).order_by():
         users[row["status"]] = users.get(row["status"], 0) + row["n"]
+
+    # ~50,000 rows arrive as tuples in one burst: the cyclic GC would run dozens of times over the
+    # whole heap meanwhile (a fifth of the refresh, measured), for objects that cannot form cycles.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        per_template, latest = _latest_build_rows(now)
+    finally:
+        if collecting:
+            gc.enable()
+    return DatabaseCounts(active_users=active, latest_build=latest, users=users, per_template=per_template)
+
+
+def _latest_build_rows(now: datetime) -> tuple[list[tuple], dict[str, int]]:
+    from django.db import connection, transaction
 
     sql, params = latest_build_sql(now)
     postgres = connection.vendor == "postgresql"
@@ -91,7 +107,7 @@ def query_counts(now: datetime) -> DatabaseCounts:
         else:
             per_template.append(row)
     per_template.extend((*labels, n) for labels, n in failed.items())
-    return DatabaseCounts(active_users=active, latest_build=latest, users=users, per_template=per_template)
+    return per_template, latest
 
 
 def latest_build_sql(now: datetime) -> tuple[str, list]:

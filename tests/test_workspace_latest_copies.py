@@ -217,3 +217,30 @@ def test_it_copies_bulk_inserted_data_and_counts_exactly_what_the_joins_count(db
     assert counts.latest_build == {
         s: sum(n for k, n in expected.items() if k[0] == s) for s in counts.latest_build
     }
+
+
+def test_it_turns_the_garbage_collector_back_on_after_counting(owner, ready_template, monkeypatch):
+    import gc
+
+    from metrics import database
+
+    make_workspace(owner, ready_template, name="w")
+    seen = []
+    real = database._latest_build_rows
+
+    def spy(now):
+        seen.append(gc.isenabled())
+        return real(now)
+
+    monkeypatch.setattr(database, "_latest_build_rows", spy)
+    counts = query_counts(timezone.now())
+    assert seen == [False] and gc.isenabled()
+    assert counts.latest_build["pending"] == 1
+
+    def broken(now):
+        raise RuntimeError("database gone")
+
+    monkeypatch.setattr(database, "_latest_build_rows", broken)
+    with pytest.raises(RuntimeError):
+        query_counts(timezone.now())
+    assert gc.isenabled()
