@@ -55,9 +55,10 @@ _used = struct.Struct("i").unpack_from  # the file's `used` mark, in the writer'
 class _Layout:
     """Where one file's entries are, up to `used`: their slots and the offsets of their values."""
 
-    __slots__ = ("ino", "used", "slots", "offsets", "checks", "values")
+    __slots__ = ("serial", "ino", "used", "slots", "offsets", "checks", "values")
 
-    def __init__(self, ino: int) -> None:
+    def __init__(self, serial: int, ino: int) -> None:
+        self.serial = serial  # tells this layout from the one it replaced (same path, inode and size)
         self.ino = ino
         self.used = 8  # MmapedDict's header
         self.slots: list[int] = []
@@ -95,7 +96,8 @@ class CachingMultiProcessCollector(MultiProcessCollector):
         self._slots: dict[tuple, int] = {}  # (type, series) -> its place in a scrape's sums
         self._parsed: list[tuple[str, _Parsed]] = []  # slot -> (type, parsed key)
         self._layouts: dict[str, _Layout] = {}
-        self._shape_of: tuple | None = None  # the files (path, inode, used) the shape was built from
+        self._serial = 0
+        self._shape_of: tuple | None = None  # the files (path, layout, used) the shape was built from
         self._shape: list = []
         # Scrapes run in threads of their own (the listener's); the layouts and the shape they
         # share are updated in place, so one scrape merges at a time (a few ms each).
@@ -127,11 +129,12 @@ class CachingMultiProcessCollector(MultiProcessCollector):
             ino, used, data = got
             layout = self._layouts.get(path)
             if layout is None or not layout.valid_for(ino, used, data):
-                layout = self._layouts[path] = _Layout(ino)
+                self._serial += 1
+                layout = self._layouts[path] = _Layout(self._serial, ino)
             if used > layout.used:
                 self._extend(layout, os.path.basename(path).split("_", 1)[0], data, used)
             read.append((path, layout, data))
-        signature = tuple((path, layout.ino, layout.used) for path, layout, _ in read)
+        signature = tuple((path, layout.serial, layout.used) for path, layout, _ in read)
         if signature != self._shape_of:
             self._shape = self._build_shape([layout for _, layout, _ in read])
             self._shape_of = signature

@@ -184,3 +184,20 @@ def test_it_serves_concurrent_scrapes_while_workers_append(mp):
     stock = CollectorRegistry()
     MultiProcessCollector(stock, path=str(mp))
     assert samples(ours) == samples(stock)
+
+
+def test_it_reads_afresh_a_file_rewritten_in_place_to_the_same_size(mp):
+    worker(mp, 61, range(1, 4), 1.0)
+    stock, ours, _ = pair(mp)
+    assert samples(ours) == samples(stock)
+    # Same inode, same `used`, other keys of the same lengths (/r5../r7 for /r1../r3).
+    other = mp.parent / "other"
+    other.mkdir()
+    worker(other, 61, range(5, 8), 2.0)
+    for kind in ("counter", "histogram"):
+        with open(mp / f"{kind}_61.db", "r+b") as f:
+            f.write((other / f"{kind}_61.db").read_bytes())
+    after = samples(ours)
+    assert after == samples(stock)
+    assert any(("path", "/r7/{id}") in labels for _, _, _, _, labels, _ in after)
+    assert not any(("path", "/r1/{id}") in labels for _, _, _, _, labels, _ in after)
