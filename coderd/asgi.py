@@ -21,7 +21,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.urls import re_path
 
 from coderd.routing import websocket_urlpatterns
-from coderd.ws_notfound import NotFoundConsumer
+from coderd.ws_notfound import not_found
 from metrics.asgi import MetricsWebsocketMiddleware
 
 application = ProtocolTypeRouter(
@@ -32,7 +32,7 @@ application = ProtocolTypeRouter(
         "websocket": MetricsWebsocketMiddleware(
             AllowedHostsOriginValidator(
                 # The catch-all stays out of websocket_urlpatterns: the metrics label it path="".
-                URLRouter([*websocket_urlpatterns, re_path(r"", NotFoundConsumer.as_asgi())])
+                URLRouter([*websocket_urlpatterns, re_path(r"", not_found)])
             )
         ),
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import weakref
 
 import psutil
@@ -21,6 +22,10 @@ from prometheus_client.registry import Collector
 class ProcessCollector(Collector):
     def __init__(self, pid: int | None = None, registry: CollectorRegistry | None = None) -> None:
         self.pid = pid
+        # A worker that has exited but is not yet reaped has its CPU time in neither place for a
+        # moment: the counter reports the highest total seen, so it never goes down.
+        self._cpu_floor = 0.0
+        self._cpu_lock = threading.Lock()
         if registry is not None:
             registry.register(self)
 
@@ -58,6 +63,8 @@ class ProcessCollector(Collector):
             threads += n_threads
             fds += n_fds
 
+        with self._cpu_lock:
+            cpu = self._cpu_floor = max(self._cpu_floor, cpu)
         yield _counter("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", cpu)
         yield _gauge("process_resident_memory_bytes", "Resident memory size in bytes.", rss)
         yield _gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", vms)

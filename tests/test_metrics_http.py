@@ -202,11 +202,22 @@ def test_it_turns_django_routes_into_coder_patterns(route, template):
 
 
 @pytest.mark.urls(__name__)
-def test_it_logs_one_line_per_request_with_method_route_status_and_duration(state, caplog):
-    caplog.set_level(logging.DEBUG, logger="coderd.http")
-    assert request("POST", f"/t/things/{uuid.uuid4()}") == 201
-    assert request("GET", "/t/boom") == 500
-    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "coderd.http"]
+def test_it_logs_one_line_per_request_with_method_route_status_and_duration(state):
+    # Our own handler on the logger: Django's LOGGING set-up may replace pytest's capture handler.
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    logger = logging.getLogger("coderd.http")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        assert request("POST", f"/t/things/{uuid.uuid4()}") == 201
+        assert request("GET", "/t/boom") == 500
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    lines = [(r.levelno, r.getMessage()) for r in records]
     assert len(lines) == 2
     assert lines[0][0] == logging.DEBUG
     assert lines[0][1].startswith("POST /t/things/{thing} 201 ") and lines[0][1].endswith("ms")

@@ -68,3 +68,27 @@ def test_it_counts_the_tasks_of_the_serving_loops():
         return count
 
     assert asyncio.run(main()) == 6  # five waiting tasks and main itself
+
+
+def test_it_never_reports_less_cpu_when_a_child_vanishes_between_two_scrapes():
+    # A worker that exits and is not reaped yet has its CPU time neither in its own entry (it is
+    # gone from the listing) nor in the parent's children_* times: the counter must not dip.
+    child = subprocess.Popen([sys.executable, "-c", "sum(range(3_000_000)); input()"], stdin=subprocess.PIPE)
+    try:
+        import psutil
+
+        collector = ProcessCollector(pid=os.getpid())
+        root, proc = psutil.Process(os.getpid()), psutil.Process(child.pid)
+        while proc.cpu_times().user < 0.02:
+            pass  # let the child burn a little CPU
+        collector._processes = lambda: (root, [proc])
+        with_child = _values_of(collector)["process_cpu_seconds_total"]
+        collector._processes = lambda: (root, [])
+        assert _values_of(collector)["process_cpu_seconds_total"] >= with_child
+    finally:
+        child.stdin.close()
+        child.wait()
+
+
+def _values_of(collector) -> dict[str, float]:
+    return {s.name: s.value for f in collector.collect() for s in f.samples}
