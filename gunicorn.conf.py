@@ -130,23 +130,10 @@ def _run_checks(server) -> None:
         _exit(2)
 
 
-# Any constant: the key of the PostgreSQL advisory lock replicas migrate under.
-MIGRATION_LOCK_KEY = 0x636F646572
-
-
 def _migrate() -> None:
-    from django.core.management import call_command
-    from django.db import connection
+    from coderd.dbmigrate import migrate
 
-    if connection.vendor != "postgresql":
-        call_command("migrate", interactive=False, verbosity=0)
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK_KEY])
-        try:
-            call_command("migrate", interactive=False, verbosity=0)
-        finally:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [MIGRATION_LOCK_KEY])
+    migrate()
 
 
 def when_ready(server) -> None:

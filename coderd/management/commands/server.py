@@ -22,7 +22,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
 from coderd.cli import Once, OneLineParser
@@ -289,8 +288,10 @@ def _migrate() -> None:
     """Bring the database up to date; an unreachable database is one line, not a traceback."""
     from django.db import OperationalError
 
+    from coderd.dbmigrate import migrate
+
     try:
-        call_command("migrate", interactive=False, verbosity=0)
+        migrate()  # under an advisory lock on PostgreSQL: replicas may start together
     except OperationalError as exc:
         where = (
             "CODER_PG_CONNECTION_URL" if settings.PG_CONNECTION_URL else f"CODER_DATA_DIR={settings.DATA_DIR}"
