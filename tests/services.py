@@ -591,3 +591,28 @@ if __name__ == "__main__":  # a quick manual check: start everything, print URLs
     finally:
         redis.stop()
         pg.stop()
+
+
+@contextlib.contextmanager
+def metrics_server(data_dir: Path, daemons: int, name: str) -> Iterator[tuple[ServerProcess, int, int]]:
+    """`manage.py server` with metrics on, on free loopback ports: (process, http port, metrics port),
+    stopped by PID at the end."""
+    http_port, metrics_port = free_port(), free_port()
+    process = ServerProcess(
+        [sys.executable, "manage.py", "server"],
+        {
+            "CODER_DATA_DIR": str(data_dir),
+            "CODER_HTTP_ADDRESS": f"127.0.0.1:{http_port}",
+            "CODER_PROMETHEUS_ENABLE": "true",
+            "CODER_PROMETHEUS_ADDRESS": f"127.0.0.1:{metrics_port}",
+            "CODER_PROVISIONER_DAEMONS": str(daemons),
+            "PYTHONUNBUFFERED": "1",
+        },
+        name=name,
+    )
+    try:
+        process.wait_http(f"http://127.0.0.1:{metrics_port}/", timeout=60)
+        process.wait_http(f"http://127.0.0.1:{http_port}/api/v2/buildinfo", timeout=60)
+        yield process, http_port, metrics_port
+    finally:
+        process.stop()

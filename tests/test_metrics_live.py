@@ -6,37 +6,20 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import sys
 import urllib.request
 
 import pytest
 from websockets.sync.client import connect
 
-from tests.services import ServerProcess, free_port, http_get, parse_samples, total, wait_for
+from tests.services import http_get, metrics_server, parse_samples, total, wait_for
 
 WATCH = "/api/v2/workspaces/{workspace}/watch-ws"
 
 
 @pytest.fixture
 def server(tmp_path):
-    http_port, metrics_port = free_port(), free_port()
-    process = ServerProcess(
-        [sys.executable, "manage.py", "server"],
-        {
-            "CODER_DATA_DIR": str(tmp_path),
-            "CODER_HTTP_ADDRESS": f"127.0.0.1:{http_port}",
-            "CODER_PROMETHEUS_ENABLE": "true",
-            "CODER_PROMETHEUS_ADDRESS": f"127.0.0.1:{metrics_port}",
-            "CODER_PROVISIONER_DAEMONS": "0",
-            "PYTHONUNBUFFERED": "1",
-        },
-        name="coderd-ws",
-    )
-    try:
-        process.wait_http(f"http://127.0.0.1:{http_port}/api/v2/buildinfo", timeout=60)
-        yield process, http_port, metrics_port
-    finally:
-        process.stop()
+    with metrics_server(tmp_path, daemons=0, name="coderd-ws") as started:
+        yield started
 
 
 def _api(port: int, method: str, path: str, body: dict, token: str | None = None) -> dict:

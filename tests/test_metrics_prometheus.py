@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from tests.services import Prometheus, ServerProcess, free_port, http_get, parse_samples, total, wait_for
+from tests.services import (
+    Prometheus,
+    http_get,
+    metrics_server,
+    parse_samples,
+    total,
+    wait_for,
+)
 
 
 @pytest.fixture
 def server(tmp_path):
-    http_port, metrics_port = free_port(), free_port()
-    process = ServerProcess(
-        [sys.executable, "manage.py", "server"],
-        {
-            "CODER_DATA_DIR": str(tmp_path),
-            "CODER_HTTP_ADDRESS": f"127.0.0.1:{http_port}",
-            "CODER_PROMETHEUS_ENABLE": "true",
-            "CODER_PROMETHEUS_ADDRESS": f"127.0.0.1:{metrics_port}",
-            "CODER_PROVISIONER_DAEMONS": "2",
-            "PYTHONUNBUFFERED": "1",
-        },
-        name="coderd-metrics",
-    )
-    try:
-        process.wait_http(f"http://127.0.0.1:{metrics_port}/", timeout=60)
-        process.wait_http(f"http://127.0.0.1:{http_port}/api/v2/buildinfo", timeout=60)
-        yield process, http_port, metrics_port
-    finally:
-        process.stop()
+    with metrics_server(tmp_path, daemons=2, name="coderd-metrics") as started:
+        yield started
 
 
 def test_it_is_scraped_and_queried_by_a_real_prometheus(server, prometheus_bin):
