@@ -14,6 +14,10 @@ patterns in use that is ~6,000 keys a scrape. Here, for counter and histogram fi
   added or grows; a scrape only adds up the values and fills it.
 Gauge files (few samples, several multiprocess modes) go through the stock code unchanged.
 
+A worker that is starting creates its files empty and only then sizes them (MmapedDict opens,
+then truncates to 1 MiB): a file seen in that instant has no header yet and is skipped, by this
+reader and before the stock one (which would raise on it and fail the whole scrape).
+
 The result is the same families and samples as `MultiProcessCollector.merge(files)`: counters
 summed over every file, dead workers' included; histogram buckets summed then made cumulative, with
 `_count` equal to the `+Inf` bucket.
@@ -80,6 +84,8 @@ def _read(path: str) -> tuple[int, int, bytes] | None:
         with open(path, "rb") as f:
             ino = os.fstat(f.fileno()).st_ino
             data = f.read(mmap.PAGESIZE)
+            if len(data) < 8:
+                return None  # created by a starting worker, not sized yet: nothing in it
             used = _used(data, 0)[0]
             if used > len(data):
                 data += f.read(used - len(data))
@@ -110,6 +116,7 @@ class CachingMultiProcessCollector(MultiProcessCollector):
             (fast if os.path.basename(f).startswith(("counter_", "histogram_")) else rest).append(f)
         with self._lock:
             families = self._merge(fast)
+        rest = [f for f in rest if _sized(f)]
         if rest:
             families.extend(self.merge(rest, accumulate=True))
         return families
@@ -231,6 +238,14 @@ class CachingMultiProcessCollector(MultiProcessCollector):
         if text is None:
             text = self._bounds[bound] = floatToGoString(bound)
         return text
+
+
+def _sized(path: str) -> bool:
+    """Whether a file has its header: a file only grows, so the stock reader that follows is safe."""
+    try:
+        return os.stat(path).st_size >= 8
+    except FileNotFoundError:
+        return False  # a dead worker's 'live' gauge file, removed since the glob
 
 
 def _padded(length: int) -> int:

@@ -160,7 +160,8 @@ def test_it_keeps_counting_when_a_worker_is_killed_mid_load(tmp_path, redis_url)
 
         assert daemon_worker not in replaced
         assert len(scrapes) >= 10
-        assert all(status == 200 for status, _ in scrapes), "the listener stopped answering"
+        failed = [(status, text[:300]) for status, text in scrapes if status != 200]
+        assert not failed, f"the listener failed {len(failed)} of {len(scrapes)} scrapes: {failed[0]}"
         previous: dict = {}
         for _, text in scrapes:
             current = counter_samples(text)

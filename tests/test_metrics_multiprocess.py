@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import threading
 
 import pytest
@@ -201,3 +202,17 @@ def test_it_reads_afresh_a_file_rewritten_in_place_to_the_same_size(mp):
     assert after == samples(stock)
     assert any(("path", "/r7/{id}") in labels for _, _, _, _, labels, _ in after)
     assert not any(("path", "/r1/{id}") in labels for _, _, _, _, labels, _ in after)
+
+
+def test_it_skips_the_empty_files_of_a_worker_that_is_starting(mp):
+    """MmapedDict creates a file empty, then sizes it: a scrape in between still answers."""
+    worker(mp, 101, range(3), 1.0)
+    gauge = "coderd_api_concurrent_requests"
+    write(mp / "gauge_livesum_101.db", [(gauge, gauge, {}, 2.0)])
+    stock, ours, _ = pair(mp)
+    expected = samples(stock)
+    for kind in ("counter", "histogram", "gauge_livesum"):
+        (mp / f"{kind}_202.db").touch()  # the new worker, between open() and truncate()
+    assert samples(ours) == expected
+    with pytest.raises(struct.error):  # the stock reader alone fails the whole scrape
+        samples(stock)
