@@ -91,9 +91,11 @@ def _note_loop(state: runtime.MetricsState) -> None:
         if loop not in state.loops:
             state.note_loop(loop)
         return
-    # Multiprocess: scrapes happen in another process, so each worker publishes its count, at most
-    # once a second (len(all_tasks) walks every task).
+    # Multiprocess: scrapes happen in another process, so each worker publishes its task count and GC
+    # counts, at most once a second (len(all_tasks) walks every task).
     now = time.monotonic()
     if now - state._tasks_updated_at >= _TASKS_UPDATE_SECONDS:
         state._tasks_updated_at = now
         state.asyncio_tasks_gauge.set(len(asyncio.all_tasks(loop)))
+        if state.gc_collector is not None:
+            state.gc_collector.publish()

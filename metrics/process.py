@@ -9,6 +9,7 @@ or the only process) plus its live descendants, with the CPU time of children th
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 import weakref
@@ -123,3 +124,77 @@ class AsyncioTasksCollector(Collector):
             except RuntimeError:  # the set changed size under us too often; skip this loop once
                 continue
         yield _gauge("python_asyncio_tasks", "Tasks alive on the server's event loops.", total)
+
+
+_GC_FAMILIES = (  # prometheus_client's GCCollector: names and HELP texts, per gc.get_stats() key
+    ("python_gc_objects_collected", "Objects collected during gc", "collected"),
+    ("python_gc_objects_uncollectable", "Uncollectable objects found during GC", "uncollectable"),
+    ("python_gc_collections", "Number of times this generation was collected", "collections"),
+)
+_gc_publishers: weakref.WeakSet = weakref.WeakSet()
+
+
+def _gc_now() -> list[dict[str, int]]:
+    return gc.get_stats() if hasattr(gc, "get_stats") else []
+
+
+class MultiprocessGCCollector(Collector):
+    """`python_gc_*` for the whole server under gunicorn (METRICS.md §3): the master and every worker,
+    exited ones included, as prometheus_client's GCCollector gives them for one process.
+
+    Each process adds what its collector ran since it last published to multiprocess counters (its
+    own counter file, summed by the scrape, kept after it exits). A forked worker starts from the
+    statistics it inherited, which are its parent's to count. A process publishes when it is scraped
+    (this collector is registered before the files are read) and, in workers, from the request
+    middleware at most once a second.
+    """
+
+    def __init__(self, inherited: bool) -> None:
+        from prometheus_client import Counter
+
+        private = CollectorRegistry()  # the values live in the mmap files; the scrape reads those
+        self._counters = [
+            (Counter(name, doc, ["generation"], registry=private), key) for name, doc, key in _GC_FAMILIES
+        ]
+        self._lock = threading.Lock()
+        self._last = self._baseline(inherited)
+        for generation in range(len(self._last)):  # every generation shown from the start, at 0
+            for counter, _ in self._counters:
+                counter.labels(str(generation))
+        _gc_publishers.add(self)
+
+    @staticmethod
+    def _baseline(inherited: bool) -> list[dict[str, int]]:
+        if inherited:
+            return _gc_now()
+        return [dict.fromkeys([key for _, _, key in _GC_FAMILIES], 0) for _ in _gc_now()]
+
+    def after_fork(self) -> None:
+        with self._lock:
+            self._last = self._baseline(True)
+
+    def publish(self) -> None:
+        with self._lock:
+            now = _gc_now()
+            for generation, (stats, last) in enumerate(zip(now, self._last, strict=False)):
+                for counter, key in self._counters:
+                    delta = stats[key] - last[key]
+                    if delta > 0:
+                        counter.labels(str(generation)).inc(delta)
+            self._last = now
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        self.publish()
+        return []
+
+
+def _gc_after_fork() -> None:
+    for publisher in list(_gc_publishers):
+        publisher.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_gc_after_fork)

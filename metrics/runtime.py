@@ -42,7 +42,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 
 from metrics.database import DatabaseCollector, FileCacheStore, MemoryCacheStore
-from metrics.process import AsyncioTasksCollector, ProcessCollector
+from metrics.process import AsyncioTasksCollector, MultiprocessGCCollector, ProcessCollector
 from metrics.registry import CoderMetrics, build_metrics
 
 ROOT_PID_ENV = "CODER_METRICS_ROOT_PID"
@@ -62,6 +62,8 @@ class MetricsState:
     loops: weakref.WeakSet = field(default_factory=weakref.WeakSet)
     # Multiprocess only: this worker's event-loop task count, summed over live workers.
     asyncio_tasks_gauge: Gauge | None = None
+    # Multiprocess only: publishes this process's `python_gc_*` counts to the shared files.
+    gc_collector: MultiprocessGCCollector | None = None
     _tasks_updated_at: float = 0.0
 
     def note_loop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -85,6 +87,10 @@ def build_state(
 
         # The live objects go to this process's mmap files; the served registry reads every file.
         metrics = build_metrics(CollectorRegistry(), legacy=legacy)
+        # Registered first, so that a scrape publishes the scraping process's own GC counts before
+        # the files are read; a worker that builds its state itself inherited its parent's counts.
+        gc_collector = MultiprocessGCCollector(inherited=root_pid is not None and root_pid != os.getpid())
+        live.register(gc_collector)
         CachingMultiProcessCollector(live, path=multiproc_dir)
         store = FileCacheStore(Path(multiproc_dir))
         tasks_gauge = Gauge(
@@ -97,12 +103,14 @@ def build_state(
         metrics = build_metrics(live, legacy=legacy)
         store = MemoryCacheStore()
         tasks_gauge = None
+        gc_collector = None
     if django_db_metrics and not multiproc_dir:
         # Multiprocess mode finds them in the workers' files like every other metric.
         live.register(DjangoDatabaseCollector())
     ProcessCollector(pid=root_pid, registry=live)
     PlatformCollector(registry=live)
-    GCCollector(registry=live)
+    if gc_collector is None:
+        GCCollector(registry=live)
     served = CollectorRegistry()
     served.register(_Union(live))
     database = None
@@ -116,6 +124,7 @@ def build_state(
         database=database,
         multiprocess=bool(multiproc_dir),
         asyncio_tasks_gauge=tasks_gauge,
+        gc_collector=gc_collector,
     )
     if tasks_gauge is None:
         live.register(AsyncioTasksCollector(state.loops))

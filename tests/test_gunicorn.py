@@ -32,14 +32,14 @@ def gunicorn(tmp_path: Path, redis_url: str, **env: str) -> Coderd:
     return Coderd(tmp_path / "data", workers=2, env={"CODER_REDIS_URL": redis_url, **env})
 
 
-def requests_in(files: list[str]) -> float:
-    """coderd_api_requests_processed_total summed over some processes' counter files."""
+def counted_in(files: list[str], family_name: str = "coderd_api_requests_processed") -> float:
+    """A counter summed over some processes' counter files (by default the requests processed)."""
     return sum(
         s.value
         for family in MultiProcessCollector.merge(files)
-        if family.name == "coderd_api_requests_processed"
+        if family.name == family_name
         for s in family.samples
-        if s.name == "coderd_api_requests_processed_total"
+        if s.name == f"{family_name}_total"
     )
 
 
@@ -78,7 +78,7 @@ def test_it_spreads_requests_over_both_workers_and_one_scrape_adds_up(tmp_path, 
         assert before[("coderd_api_total_user_count", frozenset({("status", "active")}))] == 1
 
         # Both workers served, and their files add up to the scrape.
-        per_worker = {pid: requests_in([str(multiproc / f"counter_{pid}.db")]) for pid in workers}
+        per_worker = {pid: counted_in([str(multiproc / f"counter_{pid}.db")]) for pid in workers}
         assert all(n > 0 for n in per_worker.values()), per_worker
         assert sum(per_worker.values()) == everything
 
@@ -103,6 +103,14 @@ def test_it_spreads_requests_over_both_workers_and_one_scrape_adds_up(tmp_path, 
         assert after[("process_cpu_seconds_total", frozenset())] >= cpu
         assert after[("process_resident_memory_bytes", frozenset())] > 0.8 * rss
         assert after[("process_threads", frozenset())] >= 3
+        # python_gc_* too: the master (when scraped) and each worker published their own
+        # collections, which the scrape adds up.
+        gc_counts = [
+            counted_in([str(multiproc / f"counter_{pid}.db")], "python_gc_collections")
+            for pid in (server.pid, *workers)
+        ]
+        assert all(n > 0 for n in gc_counts), gc_counts
+        assert total(after, "python_gc_collections_total") >= sum(gc_counts)
     finally:
         server.stop()
 

@@ -4,6 +4,7 @@ kept, and the event loop's task count."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -92,3 +93,50 @@ def test_it_never_reports_less_cpu_when_a_child_vanishes_between_two_scrapes():
 
 def _values_of(collector) -> dict[str, float]:
     return {s.name: s.value for f in collector.collect() for s in f.samples}
+
+
+GC_UNDER_FORK = r"""
+import gc, json, os, sys
+from metrics.process import MultiprocessGCCollector
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+
+collector = MultiprocessGCCollector(inherited=False)  # the master: its whole life is its own
+for _ in range(3):
+    gc.collect()
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:  # a worker: only what it runs after the fork is its own
+    at_fork = gc.get_stats()
+    for _ in range(5):
+        gc.collect()
+    collector.publish()
+    mine = [s["collections"] - f["collections"] for s, f in zip(gc.get_stats(), at_fork)]
+    os.write(write, json.dumps(mine).encode())
+    os._exit(0)
+os.waitpid(pid, 0)
+worker = json.loads(os.read(read, 1000))
+registry = CollectorRegistry()
+registry.register(collector)  # publishes the master's counts when scraped, before the files are read
+MultiProcessCollector(registry, path=os.environ["PROMETHEUS_MULTIPROC_DIR"])
+master = [s["collections"] for s in gc.get_stats()]
+scraped = {s.labels["generation"]: s.value for f in registry.collect() for s in f.samples
+           if s.name == "python_gc_collections_total"}
+print(json.dumps({"master": master, "worker": worker, "scraped": scraped, "files": sorted(os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]))}))
+"""
+
+
+def test_it_sums_gc_counts_of_the_master_and_forked_workers_without_counting_twice(tmp_path):
+    """python_gc_* under gunicorn: each process publishes its own collections; a forked worker does
+    not count again the ones it inherited from the master."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", GC_UNDER_FORK], env=env, capture_output=True, text=True, check=True
+    )
+    got = json.loads(out.stdout)
+    assert got["worker"][2] == 5  # five full collections in the worker, after the fork
+    assert len(got["files"]) == 2  # the master's counter file and the worker's
+    expected = {
+        str(g): float(m + w) for g, (m, w) in enumerate(zip(got["master"], got["worker"], strict=True))
+    }
+    assert got["scraped"] == expected
