@@ -32,6 +32,10 @@ CHECK_INTERVAL = 0.2
 # Logs are written in batches, so a chatty script is not one transaction per line.
 FLUSH_INTERVAL = 0.1
 FLUSH_LINES = 200
+# A job's stored logs are capped, as Coder caps them (1 MiB of output): a runaway script cannot fill
+# the database. Past the cap one warning line is stored, then only error lines, and at the end one
+# line says what was dropped.
+LOG_LIMIT_BYTES = 1 << 20
 # A busy database is retried this many times (about 30 s) before an outcome is given up to the reaper.
 FINISH_ATTEMPTS = 20
 
@@ -113,10 +117,42 @@ class JobContext:
         self.monotonic = monotonic
         self.stop_reason: str | None = None
         self._buffer: list[LogLine] = []
+        self.log_limit = LOG_LIMIT_BYTES
+        self._log_bytes = 0
+        self._overflowed = False  # once past the cap, only error lines are stored
+        self._dropped_lines = self._dropped_bytes = 0
         now = monotonic()
         self._last_flush = self._last_check = self._last_beat = now
 
     def log(self, output: str, level: str = "info", stage: str | None = None) -> None:
+        size = len(output.encode("utf-8", errors="replace"))
+        # Error lines (the provisioner's own word on how it ended) are stored past the cap.
+        if level != "error" and (self._overflowed or self._log_bytes + size > self.log_limit):
+            if not self._overflowed:
+                self._overflowed = True
+                self._store(
+                    f"The job's logs reached the limit of {_size(self.log_limit)}: "
+                    "further output is not stored.",
+                    "warn",
+                    stage,
+                )
+            self._dropped_lines += 1
+            self._dropped_bytes += size
+            return
+        self._log_bytes += size
+        self._store(output, level, stage)
+
+    def close_logs(self) -> None:
+        """Say what the cap dropped, if anything (one line past the cap)."""
+        if self._dropped_lines:
+            self._store(
+                f"{self._dropped_lines} line(s) of output ({_size(self._dropped_bytes)}) were not stored.",
+                "warn",
+                None,
+            )
+            self._dropped_lines = 0
+
+    def _store(self, output: str, level: str, stage: str | None) -> None:
         self._buffer.append(LogLine(output=output, level=level, stage=stage or stage_for(self.spec)))
         if len(self._buffer) >= FLUSH_LINES:
             self.flush()
@@ -173,6 +209,13 @@ class JobContext:
             if remaining <= 0:
                 return True
             self.closing.wait(min(remaining, CHECK_INTERVAL / 2))
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:g} {unit}" if n % scale == 0 else f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 @dataclass(frozen=True)
@@ -244,6 +287,7 @@ def execute_job(
                     log.exception("job %s: provisioner %s crashed", spec.job_id, spec.provisioner)
                     result = RunResult(error=f"The {spec.provisioner} provisioner crashed: {exc!r}")
             ctx.should_stop()  # a cancel that landed at the very end still counts
+            ctx.close_logs()
             ctx.flush()
     except Exception:
         log.exception("observer running() failed")

@@ -132,3 +132,27 @@ def test_it_stops_a_canceled_script_within_a_second_or_so(owner, tmp_path, scrip
     assert job.get_status() == "canceled"
     if expected_line:
         assert expected_line in outputs(job)
+
+
+def test_it_caps_a_runaway_scripts_logs_and_says_what_it_dropped(owner, tmp_path, monkeypatch):
+    monkeypatch.setattr("provisioner.execution.LOG_LIMIT_BYTES", 1000)
+    monkeypatch.setattr("provisioner.runners.shell.MAX_LINE_BYTES", 300)
+    # 100 lines of 9 bytes fit (900 bytes); one line of 700 bytes arrives as 300 + 300 + 100, of
+    # which none is stored (the first does not fit; after it nothing but errors); then 5000 more
+    # lines and a failing exit: 5003 lines dropped, 700 + 5000 * 4 = 20,700 bytes (20.2 KiB).
+    script = (
+        "i=0; while [ $i -lt 100 ]; do echo line-$(printf %04d $i); i=$((i+1)); done\n"
+        "printf '%0700d\\n' 0\n"
+        "i=0; while [ $i -lt 5000 ]; do echo more; i=$((i+1)); done\n"
+        "exit 4\n"
+    )
+    workspace = shell_workspace(owner, {"start": script})
+    run(tmp_path)
+    job = build_job(workspace)
+    assert job.get_status(T0) == "failed"
+    logs = outputs(job)
+    assert logs[:100] == [f"line-{i:04d}" for i in range(100)]
+    assert logs[100] == "The job's logs reached the limit of 1000 bytes: further output is not stored."
+    assert "exited with status 4" in logs[101]  # an error line is stored past the cap
+    assert logs[102] == "5003 line(s) of output (20.2 KiB) were not stored."
+    assert len(logs) == 103

@@ -28,6 +28,8 @@ DEFAULT_TIMEOUT_SECONDS = 600.0
 KILL_GRACE_SECONDS = 0.5
 # After the script exits, how long children it left behind may keep its output open.
 ORPHAN_GRACE_SECONDS = 1.0
+# Output is read in pieces of at most this size: a line longer than that is stored as several.
+MAX_LINE_BYTES = 64 * 1024
 TRANSITIONS = ("start", "stop", "delete")
 _PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME")
 _EOF = object()
@@ -71,7 +73,8 @@ def timeout_of(source: dict[str, Any]) -> float | None:
 
 def _read_lines(stream: Any, out: queue.Queue) -> None:
     try:
-        for raw in iter(stream.readline, b""):
+        # A line longer than MAX_LINE_BYTES arrives as several: one endless line can't fill memory.
+        for raw in iter(lambda: stream.readline(MAX_LINE_BYTES), b""):
             out.put(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
     finally:
         out.put(_EOF)
