@@ -320,3 +320,18 @@ def test_it_warns_about_risky_but_working_configuration(tmp_path: Path) -> None:
         assert f"({check_id})" in done.stderr
     short_psk = manage("check", env=clean_env(tmp_path, CODER_PROVISIONER_DAEMON_PSK="abc"))
     assert "(coderd.W004)" in short_psk.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--users", "x"], "argument --users: 'x' is not a whole number"),
+        (["--workspaces", "0"], "argument --workspaces: '0' must be at least 1"),
+    ],
+)
+def test_the_seed_command_refuses_a_bad_count_in_one_line(
+    tmp_path: Path, argv: list[str], expected: str
+) -> None:
+    done = manage("seed_metrics_data", *argv, env=clean_env(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr == f"manage.py seed_metrics_data: {expected}\n"

@@ -9,6 +9,7 @@ checked at commit), and no signal fires.
 
 from __future__ import annotations
 
+import argparse
 import random
 import secrets
 import uuid
@@ -16,10 +17,12 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.hashers import make_password
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 from django.utils import timezone
 from tqdm import tqdm
+
+from coderd.cli import OneLineParser
 
 BATCH = 5000
 # Latest-build outcomes of a settled deployment: mostly succeeded.
@@ -37,21 +40,44 @@ def _positive(value: str) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise CommandError(f"{value!r} is not a whole number") from None
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
     if n < 1:
-        raise CommandError(f"{value!r} must be at least 1")
+        raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
     return n
 
 
 class Command(BaseCommand):
-    help = "Insert a large, realistic data set for the metrics benchmarks (bench/bench_scrape.py)."
+    help = (
+        "Insert a large, realistic data set for the metrics benchmarks (bench/bench_scrape.py) into "
+        "the configured database (CODER_DATA_DIR's SQLite file, or CODER_PG_CONNECTION_URL), with a "
+        "progress bar. Use a database of its own: the rows are added to whatever is there."
+    )
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        parser.__class__ = OneLineParser  # a bad value: one line, exit code 2
+        return parser
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--users", type=_positive, default=20_000)
-        parser.add_argument("--workspaces", type=_positive, default=100_000)
-        parser.add_argument("--builds-per-workspace", type=_positive, default=3)
-        parser.add_argument("--templates", type=_positive, default=20)
-        parser.add_argument("--seed", type=int, default=1, help="random seed (same data every run)")
+        parser.add_argument("--users", type=_positive, default=20_000, help="users to add (default 20000)")
+        parser.add_argument(
+            "--workspaces",
+            type=_positive,
+            default=100_000,
+            help="workspaces, spread over the users (default 100000)",
+        )
+        parser.add_argument(
+            "--builds-per-workspace",
+            type=_positive,
+            default=3,
+            help="builds of each workspace, each with its job (default 3)",
+        )
+        parser.add_argument(
+            "--templates", type=_positive, default=20, help="templates, with two versions each (default 20)"
+        )
+        parser.add_argument(
+            "--seed", type=int, default=1, help="random seed (same data every run; default 1)"
+        )
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def handle(self, *args: Any, **opts: Any) -> None:
