@@ -1,4 +1,5 @@
-"""Command-line conventions shared by coderd's commands (`server`, `provisionerd`).
+"""Command-line conventions shared by coderd's commands (`server`, `provisionerd`, `runserver`,
+`seed_metrics_data`).
 
 A bad flag value, an unknown flag or a flag given twice is one line on stderr and exit code 2,
 never argparse's usage block; the message names the flag, as CODER_* errors name the variable.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import CommandParser
@@ -43,3 +45,29 @@ class Once(argparse.Action):
             parser.error(f"{option_string} given twice")
         given.add(self.dest)
         setattr(namespace, self.dest, values)
+
+
+class OneLineCommand:
+    """A management command mixin (listed before BaseCommand): errors in the flags are one line and
+    exit code 2 (OneLineParser), and a flag must be spelt out (`--http` never means `--http-address`)."""
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        parser = super().create_parser(prog_name, subcommand, **kwargs)  # type: ignore[misc]
+        parser.__class__ = OneLineParser
+        parser.allow_abbrev = False
+        return parser
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse `type`: a whole number of at least `minimum`."""
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"{value!r} must be at least {minimum}")
+        return n
+
+    return parse

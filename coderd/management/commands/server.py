@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from coderd.cli import Once, OneLineParser
+from coderd.cli import Once, OneLineCommand, OneLineParser
 from coderd.env import EnvError, parse_address, parse_bool, parse_duration, parse_int
 
 logger = logging.getLogger("coderd.server")
@@ -129,7 +129,7 @@ class _Server:
             self.server.force_exit = True
 
 
-class Command(BaseCommand):
+class Command(OneLineCommand, BaseCommand):
     help = (
         "Start coderd: migrate the database, start the in-process provisioner daemons (and the "
         "metrics listener when enabled) and serve the API, the admin and websockets. Each flag "
@@ -143,12 +143,6 @@ class Command(BaseCommand):
         "--version", "-v", "--verbosity", "--settings", "--pythonpath", "--traceback",
         "--no-color", "--force-color",
     }  # fmt: skip
-
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-        parser.__class__ = OneLineParser
-        parser.allow_abbrev = False  # `--http` must not quietly mean `--http-address`
-        return parser
 
     def add_arguments(self, parser: CommandParser) -> None:
         for flag in FLAGS:

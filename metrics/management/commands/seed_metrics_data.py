@@ -9,7 +9,6 @@ checked at commit), and no signal fires.
 
 from __future__ import annotations
 
-import argparse
 import random
 import secrets
 import uuid
@@ -22,7 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 from tqdm import tqdm
 
-from coderd.cli import OneLineParser
+from coderd.cli import OneLineCommand, whole_number
 
 BATCH = 5000
 # Latest-build outcomes of a settled deployment: mostly succeeded.
@@ -36,27 +35,15 @@ LATEST_STATUS_WEIGHTS = {
 }
 
 
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
-    return n
+_positive = whole_number(1)
 
 
-class Command(BaseCommand):
+class Command(OneLineCommand, BaseCommand):
     help = (
         "Insert a large, realistic data set for the metrics benchmarks (bench/bench_scrape.py) into "
         "the configured database (CODER_DATA_DIR's SQLite file, or CODER_PG_CONNECTION_URL), with a "
         "progress bar. Use a database of its own: the rows are added to whatever is there."
     )
-
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-        parser.__class__ = OneLineParser  # a bad value: one line, exit code 2
-        return parser
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--users", type=_positive, default=20_000, help="users to add (default 20000)")

@@ -23,7 +23,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from coderd.cli import Once as _Once
-from coderd.cli import OneLineParser
+from coderd.cli import OneLineCommand
 from coderd.env import EnvError, parse_address, parse_bool, parse_duration
 from provisioner.runners import KNOWN_PROVISIONERS
 
@@ -78,7 +78,7 @@ ENV = {
 }
 
 
-class Command(BaseCommand):
+class Command(OneLineCommand, BaseCommand):
     help = "Run an external provisioner daemon: `provisionerd start --url URL --psk KEY`."
     requires_system_checks: list[str] = []
     requires_migrations_checks = False
@@ -86,12 +86,6 @@ class Command(BaseCommand):
         "--version", "-v", "--verbosity", "--settings", "--pythonpath", "--traceback",
         "--no-color", "--force-color",
     }  # fmt: skip
-
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-        parser.__class__ = OneLineParser
-        parser.allow_abbrev = False
-        return parser
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("action", choices=["start"], help="start: connect and run jobs")

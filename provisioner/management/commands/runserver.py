@@ -8,7 +8,6 @@ a restart must not wait for a long build.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import threading
 from typing import Any
@@ -17,21 +16,15 @@ from daphne.management.commands.runserver import Command as DaphneRunserverComma
 from django.conf import settings
 
 from coderd import lifecycle
+from coderd.cli import OneLineCommand, whole_number
 
 STOP_TIMEOUT = 5.0
 
 
-def _count(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be at least 0")
-    return n
+_count = whole_number(0)
 
 
-class Command(DaphneRunserverCommand):
+class Command(OneLineCommand, DaphneRunserverCommand):
     help = "Serve HTTP and websockets for development, with in-process provisioner daemons."
 
     def add_arguments(self, parser: Any) -> None:
