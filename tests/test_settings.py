@@ -325,13 +325,17 @@ def test_it_warns_about_risky_but_working_configuration(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--users", "x"], "argument --users: 'x' is not a whole number"),
-        (["--workspaces", "0"], "argument --workspaces: '0' must be at least 1"),
+        (["seed_metrics_data", "--users", "x"], "argument --users: 'x' is not a whole number"),
+        (["seed_metrics_data", "--workspaces", "0"], "argument --workspaces: '0' must be at least 1"),
+        (
+            ["runserver", "--provisioner-daemons", "-1"],
+            "argument --provisioner-daemons: '-1' must be at least 0",
+        ),
     ],
 )
-def test_the_seed_command_refuses_a_bad_count_in_one_line(
+def test_the_other_commands_refuse_a_bad_count_in_one_line(
     tmp_path: Path, argv: list[str], expected: str
 ) -> None:
-    done = manage("seed_metrics_data", *argv, env=clean_env(tmp_path))
+    done = manage(*argv, env=clean_env(tmp_path))
     assert done.returncode == 2
-    assert done.stderr == f"manage.py seed_metrics_data: {expected}\n"
+    assert done.stderr == f"manage.py {argv[0]}: {expected}\n"
