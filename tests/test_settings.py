@@ -328,7 +328,7 @@ def test_it_warns_about_risky_but_working_configuration(tmp_path: Path) -> None:
         (["seed_metrics_data", "--users", "x"], "argument --users: 'x' is not a whole number"),
         (["seed_metrics_data", "--workspaces", "0"], "argument --workspaces: '0' must be at least 1"),
         (
-            ["runserver", "--provisioner-daemons", "-1"],
+            ["runserver", "--provisioner-daemons=-1"],
             "argument --provisioner-daemons: '-1' must be at least 0",
         ),
     ],
