@@ -67,6 +67,18 @@ def test_it_assigns_roles(owner, member, user_admin, api_as):
     assert api_as(owner).put("users/member/roles", {"roles": ["owner"]}).status_code == 200
 
 
+def test_it_refuses_to_change_the_callers_own_roles(owner, user_admin, api_as):
+    # Else the only owner could drop the owner role, and nobody could ever give it back.
+    r = api_as(owner).put("users/me/roles", {"roles": []})
+    assert r.status_code == 400
+    assert r.json()["message"] == "You cannot change your own roles."
+    assert api_as(user_admin).put("users/me/roles", {"roles": ["auditor"]}).status_code == 400
+    owner.refresh_from_db()
+    user_admin.refresh_from_db()
+    assert owner.roles == ["owner"]
+    assert user_admin.roles == ["user-admin"]
+
+
 def test_it_refuses_to_delete_a_user_with_workspaces_then_frees_the_name(
     owner, member, api_as, workspace_for
 ):

@@ -219,6 +219,9 @@ def set_user_roles(actor: User, user: User, roles: Iterable[str]) -> User:
         raise field_error("roles", f"Unknown roles: {', '.join(unknown)}.")
     if (Role.OWNER in roles or auth.is_owner(user)) and not auth.is_owner(actor):
         raise Forbidden("Only owners can grant or take the owner role.")
+    if user.pk == actor.pk:
+        # As Coder: otherwise the only owner could leave the deployment with no owner at all.
+        raise BadRequest("You cannot change your own roles.")
     User.objects.filter(pk=user.pk).update(roles=roles, updated_at=timezone.now())
     user.refresh_from_db()
     return user
