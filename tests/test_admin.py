@@ -369,16 +369,21 @@ def test_it_makes_a_version_active_through_the_service(
     first = template.active_version
     second = create_template_version(owner, template.organization, "echo", {}, name="v2", template=template)
     url = CHANGELISTS[TemplateVersion]
-    # Its import has not run yet: still usable (pending), so the service accepts it.
+    # Its import has not run yet: the service refuses, the admin says why.
+    response = act(admin_client, url, "make_active", second.pk)
+    assert any("this one's is pending" in m for m in messages_of(response))
+    template.refresh_from_db()
+    assert template.active_version == first
+    finish_job(second.job)
     response = act(admin_client, url, "make_active", second.pk)
     assert any("Activated 1 version" in m for m in messages_of(response))
     template.refresh_from_db()
     assert template.active_version == second
 
-    # A failed import cannot become active: the service refuses, the admin says why.
+    # Nor can a failed one.
     finish_job(first.job, error="import failed")
     response = act(admin_client, url, "make_active", first.pk)
-    assert any("import job is failed" in m for m in messages_of(response))
+    assert any("this one's is failed" in m for m in messages_of(response))
     template.refresh_from_db()
     assert template.active_version == second
 

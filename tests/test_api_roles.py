@@ -132,6 +132,7 @@ def world(owner, member, other_member, auditor, template_admin, user_admin, org)
     from coderd.workspaces.services import create_template_version
 
     template = make_echo_template(owner, name="base")
+    finish_job(template.active_version.job)  # its import done: it can be made active again
     unused = make_echo_template(owner, name="unused")
     spare = create_template_version(owner, org, "echo", ECHO_SOURCE, name="spare")
     ws = make_workspace_idle(member, template, "ws")

@@ -71,6 +71,11 @@ def test_it_switches_the_active_version_and_marks_old_workspaces_outdated(owner,
         owner, org, "echo", {"start": {"logs": ["v2"]}}, name="v2", template=template
     )
     r = api.patch(f"templates/{template.id}/versions", {"id": str(v2.id)})
+    assert r.status_code == 400  # its import has not run yet
+    assert r.json()["validations"][0]["field"] == "id"
+    assert "import succeeded" in r.json()["validations"][0]["detail"]
+    finish_job(v2.job)
+    r = api.patch(f"templates/{template.id}/versions", {"id": str(v2.id)})
     assert r.status_code == 200, r.content
     assert api.get(f"templates/{template.id}").json()["active_version_id"] == str(v2.id)
     assert api.get(f"workspaces/{ws['id']}").json()["outdated"] is True

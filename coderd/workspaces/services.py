@@ -142,10 +142,10 @@ def create_template_version(
         )
 
 
-def _check_version_usable(version: TemplateVersion) -> None:
+def _check_version_usable(version: TemplateVersion, field: str) -> None:
     status = version.job.get_status()
     if status in (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.CANCELING):
-        raise field_error("template_version_id", f"The version's import job is {status}.")
+        raise field_error(field, f"The version's import job is {status}.")
 
 
 def create_template(actor: User, organization: Organization, name: str, version: TemplateVersion) -> Template:
@@ -155,7 +155,8 @@ def create_template(actor: User, organization: Organization, name: str, version:
         raise NotFound("Template version not found.")
     if version.template_id is not None:
         raise Conflict("That template version already belongs to a template.")
-    _check_version_usable(version)
+    # A new template may start on a version still importing (its first builds wait in the queue).
+    _check_version_usable(version, "template_version_id")
     duplicate = Conflict(f"Template name {name!r} is already in use.")
     if Template.objects.filter(organization=organization, name__iexact=name, deleted=False).exists():
         raise duplicate
@@ -183,7 +184,12 @@ def set_active_version(actor: User, template: Template, version: TemplateVersion
     _require_template_admin(actor)
     if version.template_id != template.pk:
         raise field_error("id", "The template version does not belong to this template.")
-    _check_version_usable(version)
+    # Promotion replaces a working version: only one whose import has succeeded may take its place.
+    status = version.job.get_status()
+    if status != JobStatus.SUCCEEDED:
+        raise field_error(
+            "id", f"Only a version whose import succeeded can be made active; this one's is {status}."
+        )
     Template.objects.filter(pk=template.pk).update(
         active_version=version, provisioner=version.provisioner, updated_at=timezone.now()
     )
