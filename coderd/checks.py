@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.checks import Error, Warning, register
 
+from coderd.env import EnvError, parse_http_url
+
 # Shorter pre-shared keys and secret keys are guessable; Django asks 50 for SECRET_KEY.
 MIN_PSK_LENGTH = 16
 MIN_SECRET_KEY_LENGTH = 32
@@ -40,11 +42,12 @@ def check_configuration(app_configs: Sequence[Any] | None = None, **kwargs: Any)
 
     access_url = getattr(settings, "ACCESS_URL", "")
     if access_url:
-        parts = urlsplit(access_url)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
+        try:
+            parse_http_url(access_url, "CODER_ACCESS_URL")
+        except EnvError as exc:
             problems.append(
                 Error(
-                    f"CODER_ACCESS_URL={access_url!r} is not an http(s) URL.",
+                    f"{exc}.",
                     hint="Set it to the URL people and daemons use to reach coderd, "
                     "e.g. https://coder.example.com.",
                     id="coderd.E001",

@@ -24,10 +24,13 @@ REDIS_HINT = (
 
 
 def _count(environ: Mapping[str, str], *names: str) -> tuple[str, int] | None:
+    # settings.py has refused a CODER_* count that is not a whole number of at least 1; an unusable
+    # WEB_CONCURRENCY (set by a platform, not by the operator) is passed over, as gunicorn.conf.py does.
     for name in names:
-        raw = environ.get(name, "").strip()
-        if raw.isdigit():
-            return name, int(raw)
+        try:
+            return name, int(environ.get(name, "").strip())
+        except ValueError:
+            continue
     return None
 
 

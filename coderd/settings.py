@@ -12,13 +12,16 @@ import tempfile
 from pathlib import Path
 
 from coderd.env import (
+    MAX_PROVISIONER_DAEMONS,
     EnvError,
     env_address,
     env_bool,
     env_duration,
     env_int,
     env_str,
+    format_duration,
     parse_postgres_url,
+    psk_problem,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -34,7 +37,11 @@ def _default_data_dir() -> Path:
     return BASE_DIR / "data"
 
 
-DATA_DIR = Path(env_str("CODER_DATA_DIR", str(_default_data_dir()))).expanduser()
+_data_dir = env_str("CODER_DATA_DIR", str(_default_data_dir()))
+if not _data_dir.strip():
+    # Path("") is the current folder: the database would land wherever the command was started.
+    raise EnvError("CODER_DATA_DIR='' is empty: give a folder, or unset it to use the default")
+DATA_DIR = Path(_data_dir).expanduser()
 try:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
 except OSError as exc:
@@ -68,13 +75,23 @@ _hosts = ["localhost", "127.0.0.1", "[::1]", "::1"]
 if ACCESS_URL:
     from urllib.parse import urlsplit
 
-    _hosts.append(urlsplit(ACCESS_URL).hostname or "")
+    try:
+        _hosts.append(urlsplit(ACCESS_URL).hostname or "")
+    except ValueError:
+        pass  # not a URL at all: the check coderd.E001 says so and stops the server
 _hosts += [h.strip() for h in env_str("CODER_ALLOWED_HOSTS", "").split(",") if h.strip()]
 ALLOWED_HOSTS = [h for h in _hosts if h]
 
 # API keys: how long a session from login lives, and how often last_used is written.
-SESSION_DURATION = env_duration("CODER_SESSION_DURATION", "24h")
-MAX_TOKEN_LIFETIME = env_duration("CODER_MAX_TOKEN_LIFETIME", "720h")
+# Keys live whole seconds: a session under 1 s would be a key that is never valid.
+SESSION_DURATION = env_duration("CODER_SESSION_DURATION", "24h", minimum=1.0)
+MAX_TOKEN_LIFETIME = env_duration("CODER_MAX_TOKEN_LIFETIME", "720h", minimum=1.0)
+if SESSION_DURATION > MAX_TOKEN_LIFETIME:
+    # Login would ask for a key longer than any key may live, and fail every time.
+    raise EnvError(
+        f"CODER_SESSION_DURATION ({format_duration(SESSION_DURATION)}) is longer than "
+        f"CODER_MAX_TOKEN_LIFETIME ({format_duration(MAX_TOKEN_LIFETIME)})"
+    )
 API_KEY_LAST_USED_WRITE_INTERVAL = 60.0
 
 INSTALLED_APPS = [
@@ -164,8 +181,14 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # Provisioner daemons.
-PROVISIONER_DAEMONS = env_int("CODER_PROVISIONER_DAEMONS", 3, minimum=0)
+PROVISIONER_DAEMONS = env_int("CODER_PROVISIONER_DAEMONS", 3, minimum=0, maximum=MAX_PROVISIONER_DAEMONS)
 PROVISIONER_DAEMON_PSK = env_str("CODER_PROVISIONER_DAEMON_PSK", "")
+if psk_problem(PROVISIONER_DAEMON_PSK):  # the key travels in a header; it is never echoed
+    raise EnvError(f"CODER_PROVISIONER_DAEMON_PSK {psk_problem(PROVISIONER_DAEMON_PSK)}")
+# Read by the deployment checks (coderd/deploy_checks.py) from the environment; refused here when
+# they are not counts, instead of being ignored there.
+env_int("CODER_WORKERS", 1, minimum=1)
+env_int("CODER_REPLICAS", 1, minimum=1)
 # A running job with no heartbeat for this long is failed by the reaper (provisioner/reaper.py).
 PROVISIONER_HUNG_JOB_TIMEOUT = env_duration("CODER_PROVISIONER_HUNG_JOB_TIMEOUT", "30s")
 

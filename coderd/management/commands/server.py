@@ -25,7 +25,16 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from coderd.cli import Once, OneLineCommand, OneLineParser
-from coderd.env import EnvError, parse_address, parse_bool, parse_duration, parse_int
+from coderd.env import (
+    MAX_PROVISIONER_DAEMONS,
+    EnvError,
+    format_duration,
+    parse_address,
+    parse_bool,
+    parse_duration,
+    parse_http_url,
+    parse_int,
+)
 
 logger = logging.getLogger("coderd.server")
 
@@ -39,11 +48,9 @@ BACKLOG = 2048  # uvicorn's default
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _access_url(value: str, name: str) -> str:
-    parts = urlsplit(value.strip())
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise EnvError(f"{name}={value!r} is not an http(s) URL (e.g. https://coder.example.com)")
-    return value.strip().rstrip("/")
+def _key_lifetime(value: str, name: str) -> float:
+    # Keys live whole seconds: a session under 1 s would be a key that is never valid.
+    return parse_duration(value, name, minimum=1.0)
 
 
 def _log_level(value: str, name: str) -> str:
@@ -70,12 +77,13 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--http-address", "CODER_HTTP_ADDRESS", "HTTP_ADDRESS", "127.0.0.1:3000", parse_address,
          "Address to serve the API, the admin and websockets on (host:port; port 0 picks a free one).",
          "HOST:PORT"),
-    Flag("--access-url", "CODER_ACCESS_URL", "ACCESS_URL", "http://<http-address>", _access_url,
+    Flag("--access-url", "CODER_ACCESS_URL", "ACCESS_URL", "http://<http-address>", parse_http_url,
          "External URL people and external daemons reach coderd at; its host is an allowed host.",
          "URL"),
     Flag("--provisioner-daemons", "CODER_PROVISIONER_DAEMONS", "PROVISIONER_DAEMONS", "3",
-         lambda v, n: parse_int(v, n, minimum=0),
-         "Number of provisioner daemons run inside the server (0: only external daemons run jobs).",
+         lambda v, n: parse_int(v, n, minimum=0, maximum=MAX_PROVISIONER_DAEMONS),
+         f"Number of provisioner daemons run inside the server, at most {MAX_PROVISIONER_DAEMONS} "
+         "(0: only external daemons run jobs).",
          "N"),
     Flag("--prometheus-enable", "CODER_PROMETHEUS_ENABLE", "PROMETHEUS_ENABLE", "false", parse_bool,
          "Serve Prometheus metrics on --prometheus-address (and /metrics for owners and auditors).",
@@ -89,10 +97,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--prometheus-refresh-interval", "CODER_PROMETHEUS_REFRESH_INTERVAL",
          "PROMETHEUS_REFRESH_INTERVAL", "60s", parse_duration,
          "How often the database-derived gauges are recounted (a duration: 1s, 30s, 5m).", "DURATION"),
-    Flag("--session-duration", "CODER_SESSION_DURATION", "SESSION_DURATION", "24h", parse_duration,
+    Flag("--session-duration", "CODER_SESSION_DURATION", "SESSION_DURATION", "24h", _key_lifetime,
          "How long a session token from login lives.", "DURATION"),
     Flag("--max-token-lifetime", "CODER_MAX_TOKEN_LIFETIME", "MAX_TOKEN_LIFETIME", "720h",
-         parse_duration, "The longest lifetime an API token may be given.", "DURATION"),
+         _key_lifetime, "The longest lifetime an API token may be given.", "DURATION"),
     Flag("--log-level", "CODER_LOG_LEVEL", "LOG_LEVEL", "info", _log_level,
          "Lowest level of log line printed: debug, info, warning or error.", "LEVEL"),
 )  # fmt: skip
@@ -192,8 +200,25 @@ class Command(OneLineCommand, BaseCommand):
             value = options.get(flag.name[2:].replace("-", "_"))
             if value is not None:
                 setattr(settings, flag.setting, value)
+        if settings.SESSION_DURATION > settings.MAX_TOKEN_LIFETIME:
+            # settings.py refuses this for the variables; a flag may have made it so. Login would
+            # ask for a key longer than any key may live, and fail every time.
+            session, longest = (
+                flag if options.get(flag[2:].replace("-", "_")) is not None else env
+                for flag, env in (
+                    ("--session-duration", "CODER_SESSION_DURATION"),
+                    ("--max-token-lifetime", "CODER_MAX_TOKEN_LIFETIME"),
+                )
+            )
+            raise EnvError(
+                f"{session} ({format_duration(settings.SESSION_DURATION)}) is longer than "
+                f"{longest} ({format_duration(settings.MAX_TOKEN_LIFETIME)})"
+            )
         if settings.ACCESS_URL:
-            host = urlsplit(settings.ACCESS_URL).hostname
+            try:
+                host = urlsplit(settings.ACCESS_URL).hostname
+            except ValueError:  # not a URL at all: the check coderd.E001 stops start-up next
+                host = None
             if host and host not in settings.ALLOWED_HOSTS:
                 settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, host]
 
