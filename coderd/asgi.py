@@ -18,17 +18,32 @@ except EnvError as exc:
 from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+from django.core.exceptions import SuspiciousFileOperation
+from django.http import Http404
 from django.urls import re_path
 
 from coderd.routing import websocket_urlpatterns
 from coderd.ws_notfound import not_found
 from metrics.asgi import MetricsWebsocketMiddleware
 
+
+class StaticFilesHandler(ASGIStaticFilesHandler):
+    """Django's handler, but a path that climbs out of the static folders (`/static/../x`) is a 404:
+    Django's `safe_join` raises SuspiciousFileOperation there, which its handler lets escape as a 500
+    with a traceback (it only turns Http404 into a response)."""
+
+    def serve(self, request):
+        try:
+            return super().serve(request)
+        except SuspiciousFileOperation:
+            raise Http404("No such static file.") from None
+
+
 application = ProtocolTypeRouter(
     {
         # Static files (the admin's styles) are served here, with DEBUG off too, so that
         # `manage.py server` and gunicorn need no web server in front.
-        "http": ASGIStaticFilesHandler(django_asgi_app),
+        "http": StaticFilesHandler(django_asgi_app),
         "websocket": MetricsWebsocketMiddleware(
             AllowedHostsOriginValidator(
                 # The catch-all stays out of websocket_urlpatterns: the metrics label it path="".

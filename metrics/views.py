@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
-from django.views.decorators.http import require_safe
+from django.views.decorators.csrf import csrf_exempt
 
 from metrics import runtime
 from metrics.serving import expose
@@ -19,8 +19,8 @@ from metrics.serving import expose
 READ_METRICS_ROLES = ("owner", "auditor")
 
 
-def _error(status: int, message: str) -> JsonResponse:
-    return JsonResponse({"message": message, "detail": "", "validations": []}, status=status)
+def _error(status: int, message: str, detail: str = "") -> JsonResponse:
+    return JsonResponse({"message": message, "detail": detail, "validations": []}, status=status)
 
 
 def _user(request: HttpRequest):
@@ -34,8 +34,13 @@ def _user(request: HttpRequest):
     return user if user is not None and user.is_authenticated and user.is_active else None
 
 
-@require_safe
+# CSRF-exempt: it changes nothing, and a POST must get the JSON 405 below, not CSRF's HTML 403.
+@csrf_exempt
 def metrics_view(request: HttpRequest) -> HttpResponse:
+    if request.method not in ("GET", "HEAD"):
+        response = _error(405, "Method not allowed.", detail="Allowed: GET, HEAD.")
+        response["Allow"] = "GET, HEAD"
+        return response
     if not settings.PROMETHEUS_ENABLE:
         return _error(404, "Metrics are not enabled (--prometheus-enable).")
     if not settings.PROMETHEUS_PUBLIC:
