@@ -31,8 +31,22 @@ BACKOFF_MAX = 30.0
 POLL_INTERVAL = 1.0
 
 
+# Answers that retrying cannot change: a wrong key or an unknown organization (coderd closes the
+# handshake: 403), a URL that is not coderd's (404). Anything else (a 502 from a proxy while coderd
+# restarts, a refused connection) is retried with backoff.
+FINAL_REFUSALS = frozenset({401, 403, 404})
+
+
 class Refused(Exception):
     """coderd answered the handshake with an HTTP error (a wrong key, an unknown organization)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_REFUSALS
 
 
 def serve_url(url: str, organization: str = "default") -> str:
@@ -149,7 +163,8 @@ class RemoteDaemon:
                 open_timeout=10,
             )
         except InvalidStatus as exc:
-            raise Refused(f"coderd refused the connection (HTTP {exc.response.status_code})") from exc
+            status = exc.response.status_code
+            raise Refused(f"coderd refused the connection (HTTP {status})", status) from exc
         link = Link(conn)
         try:
             welcome = link.request(
@@ -213,7 +228,9 @@ class RemoteDaemon:
     # --- the loop ---
 
     def run(self) -> None:
-        """Serve until shut down, reconnecting with backoff whenever the link is lost."""
+        """Serve until shut down, reconnecting with backoff whenever the link is lost.
+
+        Raises Refused when coderd refuses the daemon for good (see FINAL_REFUSALS)."""
         self.observer.daemon_started()
         backoff = BACKOFF_INITIAL
         try:
@@ -221,6 +238,8 @@ class RemoteDaemon:
                 try:
                     link = self.open()
                 except (Refused, SinkLost, OSError, WebSocketException, TimeoutError) as exc:
+                    if isinstance(exc, Refused) and exc.final:
+                        raise
                     log.warning("cannot reach coderd at %s: %s; retrying in %.1f s", self.url, exc, backoff)
                     self._wake.wait(backoff)
                     self._wake.clear()

@@ -24,21 +24,26 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from coderd.cli import Once as _Once
 from coderd.cli import OneLineCommand
-from coderd.env import EnvError, parse_address, parse_bool, parse_duration
+from coderd.env import EnvError, parse_address, parse_bool, parse_duration, parse_http_url, psk_problem
 from provisioner.runners import KNOWN_PROVISIONERS
 
 logger = logging.getLogger("provisioner.provisionerd")
 
 
-def _url(value: str) -> str:
-    from urllib.parse import urlsplit
+# An idle daemon waits this long at most between two asks for a job: past it, builds would sit
+# queued for hours (and a huge value would overflow the wait).
+MAX_POLL_INTERVAL = 3600.0
 
-    parts = urlsplit(value.strip())
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise argparse.ArgumentTypeError(
-            f"--url={value!r} is not an http(s) URL (e.g. https://coder.example.com)"
-        )
-    return value.strip().rstrip("/")
+
+def _url(value: str) -> str:
+    try:
+        return parse_http_url(value, "--url")
+    except EnvError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _poll_interval(value: str, name: str) -> float:
+    return parse_duration(value, name, maximum=MAX_POLL_INTERVAL)
 
 
 def _types(value: str) -> list[str]:
@@ -71,7 +76,7 @@ ENV = {
     "poll_interval": (
         "CODER_PROVISIONER_DAEMON_POLL_INTERVAL",
         "1s",
-        "How often an idle daemon asks for a job",
+        "How often an idle daemon asks for a job (at most 1h)",
     ),
     "prometheus_enable": ("CODER_PROMETHEUS_ENABLE", "false", "Serve this daemon's metrics"),
     "prometheus_address": ("CODER_PROMETHEUS_ADDRESS", "127.0.0.1:2112", "Address of the metrics listener"),
@@ -95,7 +100,7 @@ class Command(OneLineCommand, BaseCommand):
             "name": str,
             "provisioner_types": _types,
             "organization": str,
-            "poll_interval": _wrap(parse_duration, "--poll-interval"),
+            "poll_interval": _wrap(_poll_interval, "--poll-interval"),
             "prometheus_address": _wrap(parse_address, "--prometheus-address"),
         }
         metavars = {
@@ -140,7 +145,7 @@ class Command(OneLineCommand, BaseCommand):
         parsers = {
             "url": _url,
             "provisioner_types": _types,
-            "poll_interval": lambda v: parse_duration(v, env),
+            "poll_interval": lambda v: _poll_interval(v, env),
             "prometheus_address": lambda v: parse_address(v, env),
             "prometheus_enable": lambda v: parse_bool(v, env),
         }
@@ -154,13 +159,15 @@ class Command(OneLineCommand, BaseCommand):
         sys.exit(code)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from provisioner.remote import RemoteDaemon
+        from provisioner.remote import Refused, RemoteDaemon
 
         logging.getLogger().setLevel(settings.LOG_LEVEL)
         url = self._value(options, "url")
         psk = self._value(options, "psk")
         if not psk:
             self._fail("--psk must not be empty")
+        if psk_problem(psk):  # it travels in a header; never echoed
+            self._fail(f"--psk {psk_problem(psk)}")
         name = self._value(options, "name")
         types = self._value(options, "provisioner_types")
         organization = self._value(options, "organization")
@@ -201,6 +208,13 @@ class Command(OneLineCommand, BaseCommand):
         )
         try:
             daemon.run()
+        except Refused as exc:
+            # Retrying cannot help: one line, exit 1 (the flags parsed; coderd said no).
+            self._fail(
+                f"{exc} at {daemon.url}: check --psk (coderd's CODER_PROVISIONER_DAEMON_PSK), "
+                "--organization and --url",
+                code=1,
+            )
         finally:
             if stop_metrics is not None:
                 stop_metrics()
