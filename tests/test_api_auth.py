@@ -120,6 +120,24 @@ def test_it_gives_sessions_and_tokens_their_lifetimes(owner, settings):
     )
     too_long = int(settings.MAX_TOKEN_LIFETIME + 1) * 10**9
     assert client.post("users/me/keys/tokens", {"lifetime": too_long}).status_code == 400
+    r = client.post("users/me/keys/tokens", {"lifetime": 1})  # one nanosecond: not a usable token
+    assert r.status_code == 400
+    assert "given in nanoseconds" in r.json()["validations"][0]["detail"]
+
+
+def test_it_refuses_a_second_token_of_the_same_name(owner, member):
+    from coderd.users.models import APIKey
+
+    client = APIClient(token_for(owner))
+    assert client.post("users/me/keys/tokens", {"token_name": "ci"}).status_code == 201
+    r = client.post("users/me/keys/tokens", {"token_name": "ci"})
+    assert r.status_code == 409
+    assert r.json()["message"] == "A token named 'ci' already exists."
+    # Another user's token may have the name; unnamed tokens are not compared.
+    assert APIClient(token_for(member)).post("users/me/keys/tokens", {"token_name": "ci"}).status_code == 201
+    assert client.post("users/me/keys/tokens", {}).status_code == 201
+    assert client.post("users/me/keys/tokens", {}).status_code == 201
+    assert APIKey.objects.filter(token_name="ci").count() == 2
 
 
 def test_it_stores_only_a_hash_of_the_secret(owner):

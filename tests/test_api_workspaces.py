@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+import pytest
 from django.utils import timezone
 
 from coderd.workspaces.services import create_build, create_template_version, validate_source
@@ -58,6 +59,22 @@ def test_it_creates_shell_versions_and_attaches_versions_to_templates(owner, api
     assert r.status_code == 409
     versions = api.get(f"templates/{template.id}/versions").json()
     assert [v["name"] for v in versions] == ["base-v1", "v2"]
+
+
+def test_it_keeps_version_names_unique_when_the_check_is_raced(owner, org, echo_template, monkeypatch):
+    # The database has the last word: a request that passed the check too late still gets a 409.
+    from django.db.models import QuerySet
+
+    from coderd.errors import Conflict
+    from coderd.workspaces.services import create_template_version
+
+    template = echo_template("base")
+    create_template_version(owner, org, "echo", {}, name="v2", template=template)
+    monkeypatch.setattr(QuerySet, "exists", lambda self: False)  # as if the other had not committed yet
+    with pytest.raises(Conflict, match="already exists"):
+        create_template_version(owner, org, "echo", {}, name="V2", template=template)
+    monkeypatch.undo()
+    assert template.versions.filter(name__iexact="v2").count() == 1
 
 
 def test_it_switches_the_active_version_and_marks_old_workspaces_outdated(owner, org, api_as, echo_template):

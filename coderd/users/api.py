@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
-from coderd.errors import Forbidden, NotFound
+from coderd.errors import Forbidden, NotFound, field_error
 from coderd.pagination import Page
 from coderd.users import auth, services
 from coderd.users.models import LoginType, OrganizationMember, User
@@ -173,7 +173,16 @@ def create_key(request: HttpRequest, user: str) -> Any:
 
 @router.post("/users/{user}/keys/tokens", response={201: APIKeyResponse, **ERRORS}, summary="Create a token")
 def create_token(request: HttpRequest, user: str, req: CreateTokenRequest) -> Any:
-    lifetime = None if req.lifetime is None else max(1, req.lifetime // 1_000_000_000)
+    lifetime = None
+    if req.lifetime is not None:
+        # Coder's unit is the nanosecond; a token lives whole seconds, at least one.
+        lifetime = req.lifetime // 1_000_000_000
+        if not 1 <= lifetime <= settings.MAX_TOKEN_LIFETIME:
+            raise field_error(
+                "lifetime",
+                f"Must be between 1s and {int(settings.MAX_TOKEN_LIFETIME)}s, given in nanoseconds "
+                f"(1s = 1000000000).",
+            )
     _key, token = services.issue_api_key(
         _key_owner(request, user), LoginType.TOKEN, lifetime_seconds=lifetime, token_name=req.token_name
     )

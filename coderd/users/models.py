@@ -8,6 +8,7 @@ import uuid
 
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.db import models
+from django.db.models import Q
 from django.db.models.functions import Lower
 
 
@@ -168,6 +169,15 @@ class APIKey(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            # A user's named tokens have distinct names (as Coder's); unnamed ones are not compared.
+            models.UniqueConstraint(
+                "user",
+                "token_name",
+                condition=Q(login_type="token") & ~Q(token_name=""),
+                name="apikey_token_name_unique",
+            ),
+        ]
         indexes = [
             # Active users in the last hour: a range on last_used, distinct user_id, from the index.
             models.Index(fields=["last_used", "user"], name="apikey_last_used_user"),

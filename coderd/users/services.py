@@ -242,7 +242,26 @@ def issue_api_key(
         raise field_error("lifetime", f"Must be between 1 and {int(settings.MAX_TOKEN_LIFETIME)} seconds.")
     now = timezone.now()
     key_id, secret = APIKey.new_id_and_secret()
-    key = APIKey.objects.create(
+    try:
+        with transaction.atomic():
+            key = _create_key(key_id, secret, user, login_type, token_name, lifetime_seconds, now)
+    except IntegrityError:
+        if not token_name:
+            raise
+        raise Conflict(f"A token named {token_name!r} already exists.") from None
+    return key, f"{key_id}-{secret}"
+
+
+def _create_key(
+    key_id: str,
+    secret: str,
+    user: User,
+    login_type: str,
+    token_name: str,
+    lifetime_seconds: int,
+    now: datetime,
+) -> APIKey:
+    return APIKey.objects.create(
         id=key_id,
         hashed_secret=hash_secret(secret),
         user=user,
@@ -252,7 +271,6 @@ def issue_api_key(
         expires_at=now + timedelta(seconds=lifetime_seconds),
         last_used=now,
     )
-    return key, f"{key_id}-{secret}"
 
 
 def login(email: str, password: str) -> tuple[APIKey, str]:

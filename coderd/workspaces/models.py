@@ -56,6 +56,16 @@ class TemplateVersion(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            # Names are unique within a template (as Coder's), whatever the case; versions not yet
+            # attached to a template are free.
+            models.UniqueConstraint(
+                "template",
+                Lower("name"),
+                condition=Q(template__isnull=False),
+                name="template_version_name_unique",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name

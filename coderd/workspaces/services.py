@@ -115,6 +115,22 @@ def create_template_version(
             raise NotFound("Template not found.")
         if template.versions.filter(name__iexact=name).exists():
             raise Conflict(f"Template version {name!r} already exists for this template.")
+    try:
+        return _new_template_version(actor, organization, provisioner, source, name, template, message)
+    except IntegrityError:
+        # Another request took the name between the check above and the insert.
+        raise Conflict(f"Template version {name!r} already exists for this template.") from None
+
+
+def _new_template_version(
+    actor: User,
+    organization: Organization,
+    provisioner: str,
+    source: Any,
+    name: str,
+    template: Template | None,
+    message: str,
+) -> TemplateVersion:
     version_id = uuid.uuid4()
     with transaction.atomic():
         job = create_job(
