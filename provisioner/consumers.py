@@ -306,7 +306,15 @@ class ProvisionerDaemonServeConsumer(JsonConsumer):
         if kind != "hello" and self.daemon_id is None:
             await self.send_json({"type": "error", "message": "say hello first"})
             return
-        await handler(content)
+        try:
+            await handler(content)
+        except Exception:
+            # Channels would end the connection without calling disconnect(): the job in flight
+            # would stay running until the reaper. Fail it now, as for a dropped connection.
+            log.exception("external daemon %s: %s message failed; closing its connection", self.name, kind)
+            await self.disconnect(1011)
+            self.daemon_id = None  # disconnect() has run: the close must not run it again
+            await self.close(code=1011)
 
     async def on_hello(self, content: dict[str, Any]) -> None:
         name = str(content.get("name") or "")[:128] or f"external-{uuid.uuid4().hex[:8]}"

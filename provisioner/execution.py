@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +40,7 @@ LOG_LIMIT_BYTES = 1 << 20
 FINISH_ATTEMPTS = 20
 
 RUNNING, CANCELED, GONE = "running", "canceled", "gone"
+LOG_LEVELS = frozenset(("trace", "debug", "info", "warn", "error"))
 # Why a job stopped early.
 STOP_CANCELED, STOP_CLOSED, STOP_GONE, STOP_LOST = "canceled", "closed", "gone", "lost"
 ERRORS = {
@@ -72,10 +73,17 @@ class LogLine:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LogLine:
-        created = parse_datetime(str(data.get("created_at") or "")) or timezone.now()
+        """A line as an external daemon sent it: whatever is malformed is replaced, never raised."""
+        try:
+            created = parse_datetime(str(data.get("created_at") or "")) or timezone.now()
+        except ValueError:  # well-formed but impossible, like February 30th
+            created = timezone.now()
+        if timezone.is_naive(created):
+            created = created.replace(tzinfo=UTC)
+        level = str(data.get("level") or "info")
         return cls(
             output=str(data.get("output", "")),
-            level=str(data.get("level") or "info"),
+            level=level if level in LOG_LEVELS else "info",
             stage=str(data.get("stage") or "")[:128],
             source=str(data.get("source") or "provisioner")[:32],
             created_at=created,

@@ -201,6 +201,67 @@ async def test_it_fails_the_job_of_an_external_daemon_that_disconnects(owner, st
     assert "disconnected" in job.error
 
 
+async def test_it_stores_malformed_log_fields_from_an_external_daemon_as_best_it_can(
+    owner, streaming, settings
+):
+    settings.PROVISIONER_DAEMON_PSK = PSK
+    comm = serve_communicator(PSK)
+    assert (await comm.connect(timeout=5))[0]
+    await comm.send_json_to({"type": "hello", "name": "sloppy"})
+    await comm.receive_json_from(timeout=5)
+    await comm.send_json_to({"type": "acquire"})
+    job_id = (await comm.receive_json_from(timeout=5))["job"]["job_id"]
+    lines = [
+        {"output": "feb 30", "created_at": "2026-02-30T00:00:00Z"},  # parses, but no such day
+        {"output": "year 0", "created_at": "0000-01-01T00:00:00Z"},
+        {"output": "naive", "created_at": "2026-01-02T03:04:05"},
+        {"output": "odd level", "level": "x" * 50},
+    ]
+    await comm.send_json_to({"type": "logs", "job_id": job_id, "logs": lines})
+    await comm.send_json_to({"type": "heartbeat", "job_id": job_id})
+    assert (await comm.receive_json_from(timeout=5))["state"] == "running"  # still connected
+    await comm.send_json_to({"type": "complete", "job_id": job_id, "error": ""})
+    assert (await comm.receive_json_from(timeout=5))["status"] == "succeeded"
+    await comm.disconnect()
+    job = await sync_to_async(build_job)(streaming)
+    stored = await sync_to_async(
+        lambda: list(job.logs.order_by("id").values_list("output", "level", "created_at"))
+    )()
+    assert [(o, lvl) for o, lvl, _ in stored] == [
+        ("feb 30", "info"),
+        ("year 0", "info"),
+        ("naive", "info"),
+        ("odd level", "info"),
+    ]
+    assert stored[2][2].year == 2026 and all(c.tzinfo is not None for _, _, c in stored)
+
+
+async def test_it_fails_the_job_when_a_message_from_its_daemon_breaks_the_server(
+    owner, streaming, settings, monkeypatch
+):
+    # Whatever goes wrong while handling a message, the job in flight must not stay "running".
+    from provisioner import queue
+
+    settings.PROVISIONER_DAEMON_PSK = PSK
+    comm = serve_communicator(PSK)
+    assert (await comm.connect(timeout=5))[0]
+    await comm.send_json_to({"type": "hello", "name": "unlucky"})
+    await comm.receive_json_from(timeout=5)
+    await comm.send_json_to({"type": "acquire"})
+    job_id = (await comm.receive_json_from(timeout=5))["job"]["job_id"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(queue, "append_logs", broken)
+    await comm.send_json_to({"type": "logs", "job_id": job_id, "logs": [{"output": "x"}]})
+    closed = await comm.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 1011}
+    job = await sync_to_async(build_job)(streaming)
+    assert job.get_status() == "failed"
+    assert "disconnected" in job.error
+
+
 async def test_it_refuses_a_malformed_id_without_an_error(owner):
     token = await sync_to_async(token_for)(owner)
     for path in [
