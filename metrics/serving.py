@@ -34,7 +34,6 @@ from prometheus_client.exposition import (
     _bake_output,
     _SilentHandler,
     choose_encoder,
-    gzip_accepted,
 )
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
@@ -60,23 +59,79 @@ def expose(
     refresh (`DatabaseCollector.rendered`) and put first; the live families are rendered at each
     scrape and follow (family order carries no meaning; OpenMetrics' `# EOF` stays last)."""
     params = params or {}
+    accept = acceptable_formats(accept)
+    want_gzip = gzip_acceptable(accept_encoding)
     if state.database is None:
-        return _bake_output(state.registry, accept, accept_encoding, params, False)
+        return _bake_output(state.registry, accept, accept_encoding, params, not want_gzip)
     encoder, content_type = choose_encoder(accept)
     if "name[]" in params:  # Prometheus' federation-style filter: rare, so not cached
         body = encoder(_Only(state.registry, set(params["name[]"])))
         headers = [("Content-Type", content_type)]
-        if gzip_accepted(accept_encoding):
+        if want_gzip:
             headers.append(("Content-Encoding", "gzip"))
             body = gzip.compress(body)
         return "200 OK", headers, body
     cached = state.database.rendered(content_type, encoder)
     live = cached_encoder(content_type, encoder)(state.live_registry)
     headers = [("Content-Type", content_type)]
-    if gzip_accepted(accept_encoding):
+    if want_gzip:
         headers.append(("Content-Encoding", "gzip"))
         return "200 OK", headers, cached.gzip_with(live)
     return "200 OK", headers, cached.text + live
+
+
+# The OpenMetrics versions prometheus_client writes. Its `choose_encoder` echoes any version >= 1.0.0
+# it is asked for (`version=9` -> `Content-Type: ...; version=9`) while writing 1.0.0 or 2.0.0.
+OPENMETRICS_VERSIONS = ("1.0.0", "2.0.0")
+
+
+def _params(entry: str) -> tuple[str, dict[str, str]]:
+    """`type/subtype; k=v; ...` -> (lowercased media type or coding, {lowercased key: value})."""
+    name, *rest = entry.split(";")
+    params = {}
+    for item in rest:
+        key, _, value = item.partition("=")
+        params[key.strip().lower()] = value.strip().strip('"')
+    return name.strip().lower(), params
+
+
+def _quality(params: dict[str, str]) -> float:
+    try:
+        q = float(params.get("q", "1"))
+    except ValueError:
+        return 0.0  # a malformed weight: not a preference we can honour
+    return q if 0.0 <= q <= 1.0 else 0.0
+
+
+def acceptable_formats(accept: str | None) -> str:
+    """`accept` as prometheus_client's `choose_encoder` should see it: without the entries it must
+    not honour (q=0, an OpenMetrics version it cannot write), most preferred first (it takes the first
+    it knows). Nothing left: "" (the text format 0.0.4)."""
+    entries = []
+    for entry in (accept or "").split(","):
+        if not entry.strip():
+            continue
+        media_type, params = _params(entry)
+        q = _quality(params)
+        if q <= 0:
+            continue
+        if media_type == "application/openmetrics-text" and params.get("version", "1.0.0") not in (
+            OPENMETRICS_VERSIONS
+        ):
+            continue
+        entries.append((q, entry.strip()))
+    entries.sort(key=lambda e: -e[0])  # stable: equal weights keep the client's order
+    return ",".join(entry for _, entry in entries)
+
+
+def gzip_acceptable(accept_encoding: str | None) -> bool:
+    """Whether `Accept-Encoding` allows gzip. prometheus_client's `gzip_accepted` ignores the weight,
+    so it gzips for `gzip;q=0`, which RFC 9110 says means "not acceptable"."""
+    for entry in (accept_encoding or "").split(","):
+        coding, params = _params(entry)
+        if coding == "gzip":
+            return _quality(params) > 0
+    return False
 
 
 class CachedEncoder:
@@ -225,8 +280,12 @@ def make_listener_app(state: MetricsState | None = None) -> Callable:
         finally:
             m.scrapes_in_flight.dec()
             m.scrapes.labels(code).inc()
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            # GET's length, no body (wsgiref would count the empty body and say 0).
+            start_response(status, [*headers, ("Content-Length", str(len(body)))])
+            return [b""]
         start_response(status, headers)
-        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
+        return [body]
 
     return app
 

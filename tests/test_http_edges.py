@@ -78,7 +78,7 @@ def assert_json_error(status: int, headers: dict, body: bytes, expected: int) ->
         "/static/admin/css/../../../../../coderd/settings.py",
     ],
 )
-def test_it_answers_404_to_a_static_path_that_climbs_out(raw_path, caplog):
+def test_it_answers_404_to_a_static_path_that_climbs_out(db, raw_path, caplog):
     with caplog.at_level(logging.WARNING):
         status, _, body = http("GET", raw_path)
     assert status == 404
@@ -86,7 +86,7 @@ def test_it_answers_404_to_a_static_path_that_climbs_out(raw_path, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-def test_it_still_serves_the_admin_static_files():
+def test_it_still_serves_the_admin_static_files(db):
     status, headers, body = http("GET", "/static/admin/css/base.css")
     assert status == 200
     assert headers["content-type"] == "text/css"
@@ -154,3 +154,20 @@ def test_it_keeps_the_html_400_for_a_bad_host_outside_the_api(db):
     assert status == 400
     assert headers["content-type"].startswith("text/html")
     assert b"Bad Request" in body
+
+
+@override_settings(PROMETHEUS_ENABLE=True, PROMETHEUS_PUBLIC=True)
+def test_it_negotiates_the_main_ports_metrics_like_the_listener(db, metrics_state):
+    status, headers, body = http(
+        "GET",
+        "/metrics",
+        [
+            (b"host", b"127.0.0.1"),
+            (b"accept", b"application/openmetrics-text; version=9"),
+            (b"accept-encoding", b"gzip;q=0"),
+        ],
+    )
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert "content-encoding" not in headers
+    assert b"# HELP" in body

@@ -317,3 +317,72 @@ def test_it_filters_families_by_name(listener):
     status, _, body = http_get(_url(listener, "/" + query))
     assert status == 200
     assert _names(body.decode()) == {"coderd_api_total_user_count", "coderd_api_requests_processed"}
+
+
+@pytest.mark.parametrize(
+    "accept_encoding", ["gzip;q=0", "gzip; q=0.0", "identity, gzip;q=0", "deflate", "gzip;q=0, br"]
+)
+def test_it_does_not_gzip_when_gzip_is_not_acceptable(listener, accept_encoding):
+    status, headers, body = http_get(_url(listener), {"Accept-Encoding": accept_encoding})
+    assert status == 200
+    assert "Content-Encoding" not in headers
+    assert "coderd_api_requests_processed" in _names(body.decode())
+
+
+@pytest.mark.parametrize("accept_encoding", ["gzip;q=0.5", "br;q=1, GZIP", "deflate, gzip;q=1.0"])
+def test_it_gzips_when_gzip_is_acceptable(listener, accept_encoding):
+    status, headers, body = http_get(_url(listener), {"Accept-Encoding": accept_encoding})
+    assert status == 200 and headers["Content-Encoding"] == "gzip"
+    assert "coderd_api_requests_processed" in _names(gzip.decompress(body).decode())
+
+
+@pytest.mark.parametrize(
+    ("accept", "content_type"),
+    [
+        ("application/openmetrics-text; version=9", "text/plain; version=0.0.4"),
+        ("application/openmetrics-text; version=1.5.0", "text/plain; version=0.0.4"),
+        ("application/openmetrics-text; version=1.0.0", "application/openmetrics-text; version=1.0.0"),
+        ("application/openmetrics-text", "application/openmetrics-text; version=1.0.0"),
+        (
+            "application/openmetrics-text; version=9, application/openmetrics-text; version=1.0.0",
+            "application/openmetrics-text; version=1.0.0",
+        ),
+        ("application/openmetrics-text; version=1.0.0; q=0", "text/plain; version=0.0.4"),
+        (
+            # Prometheus' own header: OpenMetrics 1.0.0 first
+            "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;"
+            "q=0.4,text/plain;version=0.0.4;q=0.2,*/*;q=0.1",
+            "application/openmetrics-text; version=1.0.0",
+        ),
+    ],
+)
+def test_it_negotiates_only_exposition_versions_it_can_write(listener, accept, content_type):
+    status, headers, body = http_get(_url(listener), {"Accept": accept})
+    assert status == 200
+    assert headers["Content-Type"].startswith(content_type), headers["Content-Type"]
+    assert "version=9" not in headers["Content-Type"] and "1.5.0" not in headers["Content-Type"]
+    assert body.decode().endswith("# EOF\n") == content_type.startswith("application/openmetrics-text")
+
+
+@pytest.mark.parametrize("headers", [{}, {"Accept-Encoding": "gzip"}])
+def test_it_answers_head_with_gets_length_and_no_body(listener, headers):
+    import http.client
+
+    host, port = listener.address
+    lengths = {}
+    for method in ("GET", "HEAD"):
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            conn.request(method, "/", headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+            assert response.status == 200
+            lengths[method] = int(response.headers["Content-Length"])
+            if method == "HEAD":
+                assert body == b""
+            else:
+                assert lengths[method] == len(body) > 0
+        finally:
+            conn.close()
+    # The families are the same between the two scrapes; only the scrape counter's value moves.
+    assert abs(lengths["HEAD"] - lengths["GET"]) <= 8
