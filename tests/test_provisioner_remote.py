@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from provisioner import remote
 from provisioner.execution import SinkLost
-from provisioner.remote import Link, RemoteDaemon, serve_url
+from provisioner.remote import Link, Refused, RemoteDaemon, serve_url
 from tests.provisioner_support import RecordingObserver
 
 JOB = {
@@ -104,3 +105,35 @@ def test_it_gives_up_a_job_when_the_link_drops_and_counts_it_failed(tmp_path):
 def test_it_says_when_no_job_waits(tmp_path):
     conn = ScriptedConnection(lambda m, c: {"type": "no_job"} if m["type"] == "acquire" else None)
     assert daemon(tmp_path, RecordingObserver()).run_once(Link(conn)) is False
+
+
+def test_it_stops_for_good_when_coderd_refuses_its_key_or_organization(tmp_path):
+    d = daemon(tmp_path, RecordingObserver())
+    attempts = []
+
+    def refuse():
+        attempts.append(1)
+        raise Refused("coderd refused the connection (HTTP 403)", 403)
+
+    d.open = refuse
+    with pytest.raises(Refused) as refused:
+        d.run()
+    assert refused.value.status == 403 and refused.value.final
+    assert len(attempts) == 1  # no retry: the same key would be refused again
+
+
+@pytest.mark.parametrize("failure", [OSError("connection refused"), Refused("bad gateway (HTTP 502)", 502)])
+def test_it_keeps_retrying_while_coderd_cannot_be_reached(tmp_path, monkeypatch, failure):
+    monkeypatch.setattr(remote, "BACKOFF_INITIAL", 0.0)  # no waiting between attempts
+    d = daemon(tmp_path, RecordingObserver())
+    attempts = []
+
+    def fail():
+        attempts.append(1)
+        if len(attempts) == 3:
+            d.shutdown()
+        raise failure
+
+    d.open = fail
+    d.run()  # returns on shutdown, having retried
+    assert len(attempts) == 3

@@ -18,11 +18,14 @@ from coderd.env import (
     env_duration,
     env_int,
     env_str,
+    format_duration,
     parse_address,
     parse_bool,
     parse_duration,
+    parse_http_url,
     parse_int,
     parse_postgres_url,
+    psk_problem,
 )
 from tests.services import REPO
 
@@ -80,10 +83,58 @@ def test_it_reads_addresses(text: str, expected: tuple[str, int]) -> None:
     assert parse_address(text) == expected
 
 
-@pytest.mark.parametrize("text", ["nope", "127.0.0.1", "127.0.0.1:http", "1.2.3.4:70000", "a b:80", ""])
+@pytest.mark.parametrize(
+    "text",
+    ["nope", "127.0.0.1", "127.0.0.1:http", "1.2.3.4:70000", "a b:80", ""]
+    + ["256.1.1.1:3000", "1.2.3:80", "[::1", "[::1]", "[]:80", "[localhost]:80", "-host:80", "h:\u0663"],
+)
 def test_it_refuses_a_bad_address(text: str) -> None:
     with pytest.raises(EnvError, match=r"^A="):
         parse_address(text, "A")
+
+
+def test_it_reads_integers_with_a_maximum() -> None:
+    assert parse_int("100", "N", minimum=0, maximum=100) == 100
+    with pytest.raises(EnvError, match=r"^N='101' must be at most 100$"):
+        parse_int("101", "N", minimum=0, maximum=100)
+
+
+def test_it_bounds_durations() -> None:
+    assert parse_duration("2562047h") == 2562047 * 3600.0  # Go's longest, in whole hours
+    assert parse_duration("1s", "D", minimum=1.0) == 1.0
+    with pytest.raises(EnvError, match=r"^D='2562048h' is too long \(at most 2562047h\)$"):
+        parse_duration("2562048h", "D")
+    with pytest.raises(EnvError, match=r"is too long"):
+        parse_duration("9" * 400 + "h", "D")  # an infinite float, once
+    with pytest.raises(EnvError, match=r"^D='500ms' must be at least 1s$"):
+        parse_duration("500ms", "D", minimum=1.0)
+    with pytest.raises(EnvError, match=r"^D='2h' is too long \(at most 1h\)$"):
+        parse_duration("2h", "D", maximum=3600.0)
+    assert [format_duration(s) for s in (86400.0, 5400.0, 3661.0, 1.5, 0.25)] == [
+        "24h", "1h30m", "1h1m1s", "1.5s", "0.25s"
+    ]  # fmt: skip
+
+
+def test_it_reads_http_urls() -> None:
+    assert parse_http_url(" https://coder.example.com/ ") == "https://coder.example.com"
+    assert parse_http_url("http://[::1]:3000/prefix/") == "http://[::1]:3000/prefix"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["coder.example", "ftp://h", "http://", "http://[bad", "http://h:99999", "http://h:abc", "http://h:0"]
+    + ["http://h\n.example", "http://h x", "http://h\x7f"],
+)
+def test_it_refuses_a_bad_http_url(url: str) -> None:
+    with pytest.raises(EnvError, match=r"^U="):
+        parse_http_url(url, "U")
+
+
+def test_it_says_why_a_key_cannot_be_a_header() -> None:
+    assert psk_problem("a" * 24) is None
+    assert psk_problem("with inner space") is None
+    for bad in ("a\nb", "ab\r", " ab", "ab ", "clé", "a\x00b"):
+        assert psk_problem(bad), bad
 
 
 def test_it_reads_a_postgres_url_into_a_database_entry() -> None:
