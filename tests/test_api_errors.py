@@ -165,6 +165,35 @@ def test_it_answers_unknown_ids_and_bad_uuids_with_404(api, path):
     assert_error(api.get(path.format(uuid=uuid.uuid4())), 404)
 
 
+LONG = "a" * 60_000  # past SQLite's 50,000-byte limit on a LIKE pattern (Django's iexact)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("get", f"users/{LONG}", None, 404),
+        ("post", f"users/{LONG}/keys", None, 404),
+        ("get", f"organizations/{LONG}", None, 404),
+        ("get", f"organizations/default/templates/{LONG}", None, 404),
+        ("get", f"users/me/workspace/{LONG}", None, 404),
+        ("get", f"users/{LONG}/workspace/dev", None, 404),
+        ("get", f"workspaces?q=owner:{LONG}", None, 400),
+        ("get", f"workspaces?q=name:{LONG}", None, 400),
+        ("get", f"users?q={LONG}", None, 400),
+    ],
+)
+def test_it_answers_very_long_names_without_asking_the_database(api, method, path, body, status):
+    data = assert_error(
+        getattr(api, method)(path, body) if body is not None else getattr(api, method)(path), status
+    )
+    assert len(data["message"]) < 200  # the value is not echoed back whole
+
+
+def test_it_refuses_a_very_long_login_without_a_500(anon_api):
+    assert_error(anon_api.post("users/login", {"email": LONG, "password": "x"}), 400, "email")
+    assert_error(anon_api.post("users/login", {"email": "a@example.com", "password": LONG}), 400, "password")
+
+
 def test_it_answers_unknown_ids_in_writes_with_404(api, workspace):
     missing = uuid.uuid4()
     assert_error(api.patch(f"workspacebuilds/{missing}/cancel"), 404)

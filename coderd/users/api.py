@@ -87,7 +87,7 @@ def logout(request: HttpRequest, response: HttpResponse) -> Any:
 
 
 class UserFilter(Schema):
-    q: str = Field("", description="Search by username or email (a substring).")
+    q: str = Field("", max_length=256, description="Search by username or email (a substring).")
     status: Literal["", "active", "dormant", "suspended"] = Field(
         "", description="Only users with this status."
     )

@@ -38,22 +38,26 @@ class ErrorOut(Schema):
 # --- requests ---------------------------------------------------------------------------------------
 
 
+# A password is hashed on every login: an unbounded one would make each attempt arbitrarily slow.
+MAX_PASSWORD_LENGTH = 1024
+
+
 class CreateFirstUserRequest(Request):
     email: str
     username: str
-    password: str
+    password: str = Field(max_length=MAX_PASSWORD_LENGTH)
     name: str = ""
 
 
 class LoginRequest(Request):
-    email: str
-    password: str
+    email: str = Field(max_length=320)  # the longest address SMTP allows
+    password: str = Field(max_length=MAX_PASSWORD_LENGTH)
 
 
 class CreateUserRequest(Request):
     email: str
     username: str
-    password: str
+    password: str = Field(max_length=MAX_PASSWORD_LENGTH)
     name: str = ""
     roles: list[str] = []
 

@@ -67,16 +67,28 @@ def default_organization() -> Organization:
         return Organization.objects.get(is_default=True)
 
 
+# Names and ids in paths are short; a longer value names nothing (and is not handed to the database,
+# where SQLite refuses a LIKE pattern over 50,000 bytes).
+MAX_REF_LENGTH = 256
+
+
+def shown(ref: str) -> str:
+    """A path value as quoted back in an error: at most 64 characters of it."""
+    return repr(ref if len(ref) <= 64 else ref[:64] + "...")
+
+
 def organization_by_ref(ref: str) -> Organization:
     """`{organization}` in a path: an id, a name, or `default`."""
     if ref == "default":
         return default_organization()
+    if len(ref) > MAX_REF_LENGTH:
+        raise NotFound(f"Organization {shown(ref)} not found.")
     q = Q(name__iexact=ref)
     if _is_uuid(ref):
         q |= Q(id=ref)
     org = Organization.objects.filter(q).first()
     if org is None:
-        raise NotFound(f"Organization {ref!r} not found.")
+        raise NotFound(f"Organization {shown(ref)} not found.")
     return org
 
 
@@ -101,12 +113,14 @@ def user_by_ref(actor: User, ref: str) -> User:
     """`{user}` in a path: an id, a username or `me`. Others' accounts are visible to user readers."""
     if ref == "me":
         return actor
+    if len(ref) > MAX_REF_LENGTH:
+        raise NotFound(f"User {shown(ref)} not found.")
     q = Q(username__iexact=ref)
     if _is_uuid(ref):
         q |= Q(id=ref)
     user = User.objects.filter(q, deleted=False).first()
     if user is None or (user.pk != actor.pk and not auth.can_read_users(actor)):
-        raise NotFound(f"User {ref!r} not found.")
+        raise NotFound(f"User {shown(ref)} not found.")
     return user
 
 

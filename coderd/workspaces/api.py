@@ -21,7 +21,7 @@ from coderd.users import auth
 from coderd.users.api import ERRORS, actor, visible_organization
 from coderd.users.models import OrganizationMember, User
 from coderd.users.schemas import Message
-from coderd.users.services import user_by_ref
+from coderd.users.services import MAX_REF_LENGTH, user_by_ref
 from coderd.workspaces import services
 from coderd.workspaces.models import Template, TemplateVersion, Workspace, WorkspaceBuild
 from coderd.workspaces.schemas import (
@@ -183,6 +183,8 @@ def list_templates(request: HttpRequest, organization: str, page: Query[Page]) -
 )
 def get_template_by_name(request: HttpRequest, organization: str, templatename: str) -> Any:
     org = visible_organization(request, organization)
+    if len(templatename) > MAX_REF_LENGTH:
+        raise NotFound("Template not found.")
     template = Template.objects.filter(organization=org, name__iexact=templatename, deleted=False).first()
     if template is None:
         raise NotFound("Template not found.")
@@ -261,6 +263,7 @@ def create_workspace(request: HttpRequest, organization: str, user: str, req: Cr
 class WorkspaceFilter(Schema):
     q: str = Field(
         "",
+        max_length=1024,
         description="Space-separated key:value terms: owner:<username|me>, name:<substring>, "
         "template:<name>, status:<job status of the latest build>, deleted:true.",
     )
@@ -345,6 +348,8 @@ def get_workspace_by_name(request: HttpRequest, user: str, workspacename: str) -
         owner = user_by_ref(caller, user)
     except NotFound:
         raise NotFound("Workspace not found.") from None
+    if len(workspacename) > MAX_REF_LENGTH:
+        raise NotFound("Workspace not found.")
     ws = (
         Workspace.objects.select_related(*WORKSPACE_RELATED)
         .filter(owner=owner, name__iexact=workspacename, deleted=False)
