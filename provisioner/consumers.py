@@ -93,11 +93,13 @@ def route_uuid(scope: dict[str, Any], name: str) -> uuid.UUID | None:
         return None
 
 
-def _after_param(scope: dict[str, Any]) -> int:
-    try:
-        return max(0, int((_query(scope).get("after") or ["0"])[0]))
-    except ValueError:
-        return 0
+def _after_param(scope: dict[str, Any]) -> int | None:
+    """`?after=<log id>` as the HTTP logs endpoint takes it (a whole number, 0 to 2**63-1); None if bad."""
+    raw = (_query(scope).get("after") or ["0"])[0]
+    if not raw.isascii() or not raw.isdigit():
+        return None
+    after = int(raw)
+    return after if after < 2**63 else None
 
 
 class JobLogsConsumer(JsonConsumer):
@@ -107,12 +109,13 @@ class JobLogsConsumer(JsonConsumer):
         notify.register_serving_loop()
         self.finished = True
         self.poller: asyncio.Task | None = None
-        user = await _user_for_scope(self.scope)
+        after = _after_param(self.scope)
+        user = await _user_for_scope(self.scope) if after is not None else None
         job_id = await database_sync_to_async(self.find_job)(user) if user is not None else None
         if job_id is None:
             await self.close()  # refused before accept: the client sees 403
             return
-        self.job_id, self.after, self.finished = job_id, _after_param(self.scope), False
+        self.job_id, self.after, self.finished = job_id, after, False
         self.lock = asyncio.Lock()
         self.group = notify.job_group(job_id)
         await self.channel_layer.group_add(self.group, self.channel_name)

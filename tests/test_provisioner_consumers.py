@@ -262,6 +262,18 @@ async def test_it_fails_the_job_when_a_message_from_its_daemon_breaks_the_server
     assert "disconnected" in job.error
 
 
+async def test_it_refuses_a_bad_after_as_the_http_endpoint_does(owner, streaming):
+    token = await sync_to_async(token_for)(owner)
+    build_id = await sync_to_async(lambda: streaming.latest_build_id)()
+    for bad in ["-1", "abc", "1e3", "%00", "99999999999999999999", "%D9%A3"]:  # the last: an Arabic 3
+        assert await refused(
+            communicator(f"/api/v2/workspacebuilds/{build_id}/logs?follow&after={bad}", token)
+        ), bad
+    comm = communicator(f"/api/v2/workspacebuilds/{build_id}/logs?follow&after=0", token)
+    assert (await comm.connect(timeout=5))[0]
+    await comm.disconnect()
+
+
 async def test_it_refuses_a_malformed_id_without_an_error(owner):
     token = await sync_to_async(token_for)(owner)
     for path in [
