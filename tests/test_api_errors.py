@@ -99,6 +99,17 @@ def test_it_refuses_a_body_that_is_not_an_object_with_400(api, workspace, path, 
         ("workspaces/{ws}/builds", {"transition": 5}, ["transition"]),
         ("users/me/keys/tokens", {"lifetime": "forever"}, ["lifetime"]),
         ("users/me/keys/tokens", {"lifetime": 10**30}, ["lifetime"]),
+        ("users", {"email": "me@example.com", "username": "Me", "password": PASSWORD}, ["username"]),
+        (
+            "organizations/default/templateversions",
+            {"provisioner": "echo", "source": {}, "name": "bad name/\u0001"},
+            ["name"],
+        ),
+        (
+            "organizations/default/templateversions",
+            {"provisioner": "echo", "source": {}, "name": "v..2"},
+            ["name"],
+        ),
     ],
 )
 def test_it_refuses_wrong_types_and_values_with_400_naming_the_field(

@@ -38,7 +38,7 @@ def roles_field() -> forms.MultipleChoiceField:
 
 def _check_name(value: str) -> str:
     try:
-        return services.validate_name("username", value)
+        return services.validate_username(value)
     except APIError as exc:
         raise ValidationError(exc.validations[0]["detail"] if exc.validations else exc.message) from None
 

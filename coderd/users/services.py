@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
-from coderd.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, field_error
+from coderd.errors import APIError, BadRequest, Conflict, Forbidden, NotFound, Unauthorized, field_error
 from coderd.users import auth
 from coderd.users.models import (
     APIKey,
@@ -124,16 +124,27 @@ def user_by_ref(actor: User, ref: str) -> User:
     return user
 
 
+# `me` in a path always means the caller: a user of that name could never be looked up.
+RESERVED_USERNAMES = frozenset({"me"})
+
+
+def validate_username(value: str) -> str:
+    validate_name("username", value)
+    if value.lower() in RESERVED_USERNAMES:
+        raise field_error("username", f"{value!r} is reserved.", message="Invalid username.")
+    return value
+
+
 def _validate_new_user(email: str, username: str, password: str) -> str:
     validations = []
     try:
         validate_email(email)
     except DjangoValidationError:
         validations.append({"field": "email", "detail": "Must be a valid email address."})
-    if not username or len(username) > NAME_MAX_LENGTH or not NAME_RE.match(username):
-        validations.append(
-            {"field": "username", "detail": "Must be 1 to 32 letters or digits, with single hyphens."}
-        )
+    try:
+        validate_username(username)
+    except APIError as exc:
+        validations.extend(exc.validations)
     try:
         validate_password(password)
     except DjangoValidationError as exc:

@@ -14,6 +14,7 @@ A template version's import job carries {"template_version_id", "template_versio
 
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 from datetime import datetime
@@ -90,6 +91,10 @@ def validate_source(provisioner: str, source: Any) -> dict[str, Any]:
 # --- templates and versions --------------------------------------------------------------------------
 
 
+# As Coder's template version names: letters and digits, single separators between them.
+VERSION_NAME_RE = re.compile(r"^[a-zA-Z0-9]+(?:[_.-][a-zA-Z0-9]+)*$")
+
+
 def _require_template_admin(actor: User) -> None:
     if not auth.can_manage_templates(actor):
         raise Forbidden("Only owners and template admins can manage templates.")
@@ -108,8 +113,10 @@ def create_template_version(
     _require_template_admin(actor)
     source = validate_source(provisioner, source)
     name = name or f"v-{secrets.token_hex(4)}"
-    if len(name) > 64:
-        raise field_error("name", "Must be at most 64 characters.")
+    if len(name) > 64 or not VERSION_NAME_RE.match(name):
+        raise field_error(
+            "name", "Must be 1 to 64 letters or digits, with single '-', '_' or '.' between them."
+        )
     if template is not None:
         if template.organization_id != organization.pk or template.deleted:
             raise NotFound("Template not found.")
