@@ -343,6 +343,7 @@ def test_it_says_in_one_line_that_the_metrics_port_is_in_use(tmp_path: Path) -> 
         )  # fmt: skip
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr  # an environment problem: one line, exit 1
     assert done.stderr.splitlines()[-1].endswith(
         f"127.0.0.1:{port} (--prometheus-address / CODER_PROMETHEUS_ADDRESS): address already in use"
     )
@@ -360,6 +361,10 @@ def test_it_says_in_one_line_that_the_database_cannot_be_reached(tmp_path: Path)
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("coderd server:")]
     assert len(errors) == 1
+    # Besides that line, only the start-up check warnings (W101: PostgreSQL without Redis).
+    assert [
+        line for line in done.stderr.splitlines() if " WARNING coderd.server: coderd.W" not in line
+    ] == errors
     assert "cannot use the database (CODER_PG_CONNECTION_URL)" in errors[0]
     assert "secret" not in done.stderr  # the password stays out of the logs
 
