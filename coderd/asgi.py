@@ -16,14 +16,13 @@ except EnvError as exc:
     sys.exit(2)
 
 from channels.routing import ProtocolTypeRouter, URLRouter
-from channels.security.websocket import AllowedHostsOriginValidator
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.exceptions import SuspiciousFileOperation
 from django.http import Http404
 from django.urls import re_path
 
 from coderd.routing import websocket_urlpatterns
-from coderd.ws_notfound import not_found
+from coderd.ws_notfound import RefusalMiddleware, allowed_hosts_origin_check, not_found, quiet_uvicorn_denials
 from metrics.asgi import MetricsWebsocketMiddleware
 
 
@@ -44,11 +43,15 @@ application = ProtocolTypeRouter(
         # Static files (the admin's styles) are served here, with DEBUG off too, so that
         # `manage.py server` and gunicorn need no web server in front.
         "http": StaticFilesHandler(django_asgi_app),
+        # Refusals inside the metrics, so that they count the status the client got (401, 404...).
         "websocket": MetricsWebsocketMiddleware(
-            AllowedHostsOriginValidator(
-                # The catch-all stays out of websocket_urlpatterns: the metrics label it path="".
-                URLRouter([*websocket_urlpatterns, re_path(r"", not_found)])
+            RefusalMiddleware(
+                allowed_hosts_origin_check(
+                    # The catch-all stays out of websocket_urlpatterns: the metrics label it path="".
+                    URLRouter([*websocket_urlpatterns, re_path(r"", not_found)])
+                )
             )
         ),
     }
 )
+quiet_uvicorn_denials()

@@ -12,13 +12,15 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.test import override_settings
 
+# Imported at collection: its django.setup() re-applies LOGGING, which would drop the handler of
+# `caplog` in whichever test imported it first.
+from coderd.asgi import application
+
 SHAPE = {"message", "detail", "validations"}
 
 
 async def _http(method: str, raw_path: str, headers: list | None = None) -> tuple[int, dict, bytes]:
     """One request through the real ASGI application (static files handler included)."""
-    from coderd.asgi import application
-
     sent: list[dict] = []
     calls = 0
 
@@ -171,3 +173,178 @@ def test_it_negotiates_the_main_ports_metrics_like_the_listener(db, metrics_stat
     assert headers["content-type"].startswith("text/plain; version=0.0.4")
     assert "content-encoding" not in headers
     assert b"# HELP" in body
+
+
+# --- websocket refusals -----------------------------------------------------------------------------
+
+ORIGIN_OK = [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")]
+
+
+async def _ws(path: str, headers: list, deny: bool = True, app=None) -> list[dict]:
+    """One websocket handshake through the application, as a server with (or without) the denial
+    response extension would drive it."""
+    sent: list[dict] = []
+    messages = [{"type": "websocket.connect"}]
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        return {"type": "websocket.disconnect", "code": 1006}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "websocket",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": headers,
+        "subprotocols": [],
+        "extensions": {"websocket.http.response": {}} if deny else {},
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 3000),
+    }
+    await (app or application)(scope, receive, send)
+    return sent
+
+
+def assert_denied(sent: list[dict], status: int) -> dict:
+    assert [m["type"] for m in sent] == ["websocket.http.response.start", "websocket.http.response.body"]
+    assert sent[0]["status"] == status
+    assert (b"content-type", b"application/json") in sent[0]["headers"]
+    assert not sent[1].get("more_body", False)
+    data = json.loads(sent[1]["body"])
+    assert set(data) == SHAPE and data["message"] and data["validations"] == []
+    return data
+
+
+def test_it_answers_404_json_to_an_unknown_websocket_path(db):
+    data = assert_denied(async_to_sync(_ws)("/api/v2/no-such-socket", ORIGIN_OK), 404)
+    assert data["message"] == "Route not found."
+    assert "/api/v2/no-such-socket" in data["detail"]
+
+
+@pytest.mark.parametrize("origin", [b"http://evil.example", b"null", None])
+def test_it_answers_403_json_to_a_bad_origin(db, origin):
+    headers = [(b"host", b"127.0.0.1")] + ([(b"origin", origin)] if origin else [])
+    data = assert_denied(async_to_sync(_ws)("/api/v2/no-such-socket", headers), 403)
+    assert "Origin" in data["message"]
+
+
+def test_it_answers_json_when_a_consumer_refuses(db):
+    # No token: the consumer closes before accepting (see the report: it says 403 until it gives a code).
+    sent = async_to_sync(_ws)(f"/api/v2/workspacebuilds/{'0' * 8}/logs", ORIGIN_OK)
+    assert sent[0]["status"] in (401, 403, 404)
+    assert_denied(sent, sent[0]["status"])
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "status", "message"),
+    [
+        (4401, "", 401, "You must be authenticated to use this endpoint."),
+        (4404, "No such build.", 404, "No such build."),
+        (4400, "", 400, "Invalid request."),
+        (None, "", 403, "You are not allowed to do this."),
+        (1000, "", 403, "You are not allowed to do this."),
+    ],
+)
+def test_it_turns_a_close_code_into_the_status(code, reason, status, message):
+    from coderd.ws_notfound import RefusalMiddleware
+
+    async def consumer(scope, receive, send):
+        await receive()
+        close = {"type": "websocket.close"}
+        if code is not None:
+            close["code"] = code
+        if reason:
+            close["reason"] = reason
+        await send(close)
+        await send({"type": "websocket.close"})  # a second close is dropped, never a server error
+
+    data = assert_denied(async_to_sync(_ws)("/x", ORIGIN_OK, app=RefusalMiddleware(consumer)), status)
+    assert data["message"] == message
+
+
+def test_it_closes_before_accepting_when_the_server_cannot_deny(db):
+    for headers in (ORIGIN_OK, [(b"origin", b"http://evil.example"), (b"host", b"127.0.0.1")]):
+        sent = async_to_sync(_ws)("/api/v2/no-such-socket", headers, deny=False)
+        assert [m["type"] for m in sent] == ["websocket.close"]
+
+
+def test_it_quiets_uvicorns_false_handshake_error_only_after_a_denial(caplog):
+    from coderd import ws_notfound
+
+    ws_notfound.quiet_uvicorn_denials()
+    logger = logging.getLogger("uvicorn.error")
+
+    async def denied():
+        async def send(message):
+            pass
+
+        await ws_notfound.RefusalMiddleware(ws_notfound.not_found)(
+            {"type": "websocket", "path": "/x", "extensions": {"websocket.http.response": {}}},
+            _connect_once(),
+            send,
+        )
+        logger.error(ws_notfound.UVICORN_INCOMPLETE_HANDSHAKE)  # as uvicorn does, in the same task
+
+    async def plain():
+        logger.error(ws_notfound.UVICORN_INCOMPLETE_HANDSHAKE)
+
+    with caplog.at_level(logging.ERROR, logger="uvicorn.error"):
+        asyncio.run(denied())
+        assert not caplog.records
+        asyncio.run(plain())
+        assert [r.getMessage() for r in caplog.records] == [ws_notfound.UVICORN_INCOMPLETE_HANDSHAKE]
+
+
+def _connect_once():
+    messages = [{"type": "websocket.connect"}]
+
+    async def receive():
+        return messages.pop() if messages else {"type": "websocket.disconnect", "code": 1006}
+
+    return receive
+
+
+def test_it_denies_through_uvicorn_without_an_error_log(caplog):
+    import socket
+    import threading
+
+    import uvicorn
+
+    ready = threading.Event()
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            ready.set()
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    # ws="auto" (websockets-sansio) as `manage.py server` and gunicorn's uvicorn worker run it.
+    server = Server(uvicorn.Config(application, lifespan="off", log_config=None, ws="auto"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    with caplog.at_level(logging.INFO):
+        thread.start()
+        try:
+            assert ready.wait(30)
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+                client.sendall(
+                    b"GET /api/v2/no-such-socket HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Origin: http://127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                )
+                raw = b""
+                while chunk := client.recv(65536):
+                    raw += chunk
+        finally:
+            server.should_exit = True
+            thread.join(30)
+            sock.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404"), head
+    assert set(json.loads(body)) == SHAPE
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -384,5 +384,6 @@ def test_it_answers_head_with_gets_length_and_no_body(listener, headers):
                 assert lengths[method] == len(body) > 0
         finally:
             conn.close()
-    # The families are the same between the two scrapes; only the scrape counter's value moves.
-    assert abs(lengths["HEAD"] - lengths["GET"]) <= 8
+    # The families are the same between the two scrapes; only some values (the scrape counter,
+    # process stats) move, and with them a few bytes (more once gzipped).
+    assert lengths["HEAD"] > 0 and abs(lengths["HEAD"] - lengths["GET"]) <= 64
