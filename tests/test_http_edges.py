@@ -225,7 +225,7 @@ def test_it_answers_404_json_to_an_unknown_websocket_path(db):
     assert "/api/v2/no-such-socket" in data["detail"]
 
 
-@pytest.mark.parametrize("origin", [b"http://evil.example", b"null", None])
+@pytest.mark.parametrize("origin", [b"http://evil.example", b"null", b"http://[", None])
 def test_it_answers_403_json_to_a_bad_origin(db, origin):
     headers = [(b"host", b"127.0.0.1")] + ([(b"origin", origin)] if origin else [])
     data = assert_denied(async_to_sync(_ws)("/api/v2/no-such-socket", headers), 403)
