@@ -21,6 +21,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone
 
+from coderd.ws_notfound import REFUSED_BAD_REQUEST, REFUSED_NOT_FOUND, REFUSED_UNAUTHENTICATED
 from provisioner import notify, queue
 from provisioner.execution import GONE, HEARTBEAT_INTERVAL, LogLine
 from provisioner.runners import KNOWN_PROVISIONERS
@@ -105,15 +106,25 @@ def _after_param(scope: dict[str, Any]) -> int | None:
 class JobLogsConsumer(JsonConsumer):
     """A job's log lines, backlog first, then live; closed normally once the job ended and all was sent."""
 
+    not_found = "Not found."
+
     async def connect(self) -> None:
         notify.register_serving_loop()
         self.finished = True
         self.poller: asyncio.Task | None = None
+        # Refused before accept: where the server can (uvicorn), the client gets the status the close
+        # code names, with the API's JSON error (coderd.ws_notfound); elsewhere a plain 403.
         after = _after_param(self.scope)
-        user = await _user_for_scope(self.scope) if after is not None else None
-        job_id = await database_sync_to_async(self.find_job)(user) if user is not None else None
+        if after is None:
+            await self.close(code=REFUSED_BAD_REQUEST, reason="Query parameter 'after' must be a log id.")
+            return
+        user = await _user_for_scope(self.scope)
+        if user is None:
+            await self.close(code=REFUSED_UNAUTHENTICATED)
+            return
+        job_id = await database_sync_to_async(self.find_job)(user)
         if job_id is None:
-            await self.close()  # refused before accept: the client sees 403
+            await self.close(code=REFUSED_NOT_FOUND, reason=self.not_found)
             return
         self.job_id, self.after, self.finished = job_id, after, False
         self.lock = asyncio.Lock()
@@ -166,6 +177,8 @@ class JobLogsConsumer(JsonConsumer):
 class BuildLogsConsumer(JobLogsConsumer):
     """/api/v2/workspacebuilds/{workspacebuild}/logs?follow"""
 
+    not_found = "Workspace build not found."
+
     def find_job(self, user: Any) -> Any:
         from coderd.users.auth import can_read_workspace
         from coderd.workspaces.models import WorkspaceBuild
@@ -182,6 +195,8 @@ class BuildLogsConsumer(JobLogsConsumer):
 
 class TemplateVersionLogsConsumer(JobLogsConsumer):
     """/api/v2/templateversions/{templateversion}/logs?follow"""
+
+    not_found = "Template version not found."
 
     def find_job(self, user: Any) -> Any:
         from coderd.users.auth import is_owner
@@ -217,9 +232,12 @@ class WorkspaceWatchConsumer(JsonConsumer):
         self.poller: asyncio.Task | None = None
         self.group = None
         user = await _user_for_scope(self.scope)
+        if user is None:
+            await self.close(code=REFUSED_UNAUTHENTICATED)
+            return
         self.workspace_id = route_uuid(self.scope, "workspace")
-        if user is None or self.workspace_id is None or not await database_sync_to_async(self._visible)(user):
-            await self.close()
+        if self.workspace_id is None or not await database_sync_to_async(self._visible)(user):
+            await self.close(code=REFUSED_NOT_FOUND, reason="Workspace not found.")
             return
         self.last: dict[str, Any] | None = None
         self.lock = asyncio.Lock()
@@ -283,11 +301,13 @@ class ProvisionerDaemonServeConsumer(JsonConsumer):
         expected = settings.PROVISIONER_DAEMON_PSK
         given = _headers(self.scope).get(PSK_HEADER.decode(), "")
         if not expected or not given or not hmac.compare_digest(given.encode(), expected.encode()):
-            await self.close()
+            await self.close(
+                code=REFUSED_UNAUTHENTICATED, reason="A valid provisioner daemon key is required."
+            )
             return
         self.organization_id = await database_sync_to_async(self._organization)()
         if self.organization_id is None:
-            await self.close()
+            await self.close(code=REFUSED_NOT_FOUND, reason="Organization not found.")
             return
         await self.accept()
 

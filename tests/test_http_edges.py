@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from urllib.parse import unquote
 
 import pytest
@@ -194,11 +195,12 @@ async def _ws(path: str, headers: list, deny: bool = True, app=None) -> list[dic
     async def send(message):
         sent.append(message)
 
+    path, _, query = path.partition("?")
     scope = {
         "type": "websocket",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query.encode(),
         "headers": headers,
         "subprotocols": [],
         "extensions": {"websocket.http.response": {}} if deny else {},
@@ -232,11 +234,24 @@ def test_it_answers_403_json_to_a_bad_origin(db, origin):
     assert "Origin" in data["message"]
 
 
-def test_it_answers_json_when_a_consumer_refuses(db):
-    # No token: the consumer closes before accepting (see the report: it says 403 until it gives a code).
-    sent = async_to_sync(_ws)(f"/api/v2/workspacebuilds/{'0' * 8}/logs", ORIGIN_OK)
-    assert sent[0]["status"] in (401, 403, 404)
-    assert_denied(sent, sent[0]["status"])
+@pytest.mark.django_db(transaction=True)  # the consumers read the database from other threads
+def test_it_answers_json_when_a_consumer_refuses(owner, workspace_for):
+    from tests.fixtures import token_for
+
+    build = workspace_for(owner).latest_build
+    auth = [*ORIGIN_OK, (b"coder-session-token", token_for(owner).encode())]
+    cases = [
+        (f"/api/v2/workspacebuilds/{build.id}/logs", ORIGIN_OK, 401, None),  # no token
+        (f"/api/v2/workspacebuilds/{uuid.uuid4()}/logs", auth, 404, "Workspace build not found."),
+        (f"/api/v2/templateversions/{uuid.uuid4()}/logs", auth, 404, "Template version not found."),
+        (f"/api/v2/workspacebuilds/{build.id}/logs?after=abc", auth, 400, None),
+        (f"/api/v2/workspaces/{uuid.uuid4()}/watch-ws", auth, 404, "Workspace not found."),
+        ("/api/v2/organizations/default/provisionerdaemons/serve", ORIGIN_OK, 401, None),  # no key
+    ]
+    for path, headers, status, message in cases:
+        data = assert_denied(async_to_sync(_ws)(path, headers), status)
+        if message:
+            assert data["message"] == message, path
 
 
 @pytest.mark.parametrize(
