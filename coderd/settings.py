@@ -238,5 +238,8 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
         "uvicorn.access": {"level": "WARNING"},
+        # A request naming a host not in ALLOWED_HOSTS (scanners send them all day) is answered 400;
+        # Django would also log each one at ERROR with a traceback.
+        "django.security.DisallowedHost": {"level": "CRITICAL"},
     },
 }

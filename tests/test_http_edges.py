@@ -152,6 +152,13 @@ def test_it_answers_a_bad_host_on_the_api_with_json_400(db, host):
     assert "Host" in data["message"]
 
 
+def test_it_does_not_log_a_traceback_for_each_bad_host(db, caplog):
+    with caplog.at_level(logging.INFO):
+        status, _, _ = http("GET", "/api/v2/buildinfo", [(b"host", b"evil.example")])
+    assert status == 400
+    assert not [r for r in caplog.records if r.name.startswith("django.security")]
+
+
 def test_it_keeps_the_html_400_for_a_bad_host_outside_the_api(db):
     status, headers, body = http("GET", "/admin/", [(b"host", b"evil.example")])
     assert status == 400
