@@ -132,8 +132,13 @@ def _run_checks(server) -> None:
 
 def _migrate() -> None:
     from coderd.dbmigrate import migrate
+    from coderd.deploy_checks import redis_problem
 
     migrate()
+    problem = redis_problem()
+    if problem:  # the environment, not the command line: exit 1, as `manage.py server`
+        print(f"coderd gunicorn: {problem}", file=sys.stderr)
+        _exit(1)
 
 
 def when_ready(server) -> None:

@@ -85,3 +85,20 @@ def check_deployment(app_configs: Sequence[Any] | None = None, **kwargs: Any) ->
     backend = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")
     on_postgres = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
     return deployment_problems(os.environ, backend, on_postgres)
+
+
+def redis_problem(timeout: float = 5.0) -> str | None:
+    """Why CODER_REDIS_URL cannot be used right now (one line), or None: checked at start-up, so that
+    a wrong URL stops the server instead of failing every websocket later."""
+    if not settings.REDIS_URL:
+        return None
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return f"cannot reach Redis (CODER_REDIS_URL): {' '.join(str(exc).split())}"
+    finally:
+        client.close()
+    return None

@@ -215,3 +215,27 @@ def parse_postgres_url(value: str, name: str = "CODER_PG_CONNECTION_URL") -> dic
         "CONN_MAX_AGE": 0,
         "CONN_HEALTH_CHECKS": True,
     }
+
+
+def parse_redis_url(value: str, name: str = "CODER_REDIS_URL") -> str:
+    """A Redis URL as redis-py reads it (redis://, rediss:// or unix://); the value is never echoed
+    (it may hold a password)."""
+    value = value.strip()
+    parts = urlsplit(value)
+    shape = f"{name} must look like redis://[:password@]host[:port][/db] (or rediss://, unix://)"
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise EnvError(shape)
+    try:
+        port = parts.port
+    except ValueError:
+        raise EnvError(f"{name} has a bad port") from None
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise EnvError(shape)
+        return value
+    if not parts.hostname or port == 0:
+        raise EnvError(shape)
+    db = parts.path.strip("/")
+    if db and not (db.isascii() and db.isdigit()):
+        raise EnvError(f"{name} names a database that is not a number: {db!r}")
+    return value

@@ -21,6 +21,7 @@ from coderd.env import (
     env_str,
     format_duration,
     parse_postgres_url,
+    parse_redis_url,
     psk_problem,
 )
 
@@ -169,6 +170,7 @@ AUTH_PASSWORD_VALIDATORS = [
 
 REDIS_URL = env_str("CODER_REDIS_URL", "")
 if REDIS_URL:
+    REDIS_URL = parse_redis_url(REDIS_URL)
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",

@@ -74,6 +74,9 @@ def one_line(done: subprocess.CompletedProcess[str], code: int = 2) -> str:
         ({"CODER_REPLICAS": "-3"}, "CODER_REPLICAS='-3' must be at least 1"),
         ({"CODER_PROVISIONER_DAEMON_PSK": "abcdefgh\nijklmnopq"}, "CODER_PROVISIONER_DAEMON_PSK must be printable ASCII"),
         ({"CODER_PROVISIONER_DAEMON_PSK": "abcdefghijklmnopq\r"}, "CODER_PROVISIONER_DAEMON_PSK must not start or end"),
+        ({"CODER_REDIS_URL": "redis://:ijklmnopq@127.0.0.1:abc/0"}, "CODER_REDIS_URL has a bad port"),
+        ({"CODER_REDIS_URL": "http://ijklmnopq@127.0.0.1"}, "CODER_REDIS_URL must look like redis://"),
+        ({"CODER_REDIS_URL": "redis://127.0.0.1:6379/zz"}, "CODER_REDIS_URL names a database that is not a number"),
     ],
 )  # fmt: skip
 def test_it_refuses_a_bad_variable_in_one_line(tmp_path: Path, extra: dict[str, str], expected: str) -> None:

@@ -349,6 +349,20 @@ def test_it_says_in_one_line_that_the_metrics_port_is_in_use(tmp_path: Path) -> 
     )
 
 
+def test_it_says_in_one_line_that_redis_cannot_be_reached(tmp_path: Path) -> None:
+    done = manage(
+        "server",
+        "--http-address",
+        "127.0.0.1:0",
+        env=clean_env(tmp_path, CODER_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"),
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("coderd server:")]
+    assert len(errors) == 1
+    assert "cannot reach Redis (CODER_REDIS_URL)" in errors[0]
+
+
 def test_it_says_in_one_line_that_the_database_cannot_be_reached(tmp_path: Path) -> None:
     url = f"postgres://coder:secret@127.0.0.1:{free_port()}/coderd"
     done = manage(

@@ -304,7 +304,8 @@ class _StopFlag:
 
 
 def _migrate() -> None:
-    """Bring the database up to date; an unreachable database is one line, not a traceback."""
+    """Bring the database up to date, and make sure Redis answers if one is configured; an
+    unreachable database or Redis is one line, not a traceback."""
     from django.db import OperationalError
 
     from coderd.dbmigrate import migrate
@@ -317,6 +318,12 @@ def _migrate() -> None:
         )
         reason = " ".join(str(exc).split())
         sys.stderr.write(f"coderd server: cannot use the database ({where}): {reason}\n")
+        sys.exit(1)
+    from coderd.deploy_checks import redis_problem
+
+    problem = redis_problem()
+    if problem:
+        sys.stderr.write(f"coderd server: {problem}\n")
         sys.exit(1)
 
 
