@@ -104,14 +104,19 @@ def test_it_starts_from_the_serve_hook_only_for_runserver(command, enabled, expe
 
 def test_it_serves_metrics_under_runserver_from_the_reloaders_child_only(tmp_path):
     http_port, metrics_port = free_port(), free_port()
+    env = {
+        "CODER_DATA_DIR": str(tmp_path),
+        "CODER_PROMETHEUS_ENABLE": "true",
+        "CODER_PROMETHEUS_ADDRESS": f"127.0.0.1:{metrics_port}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    # runserver, like Django's, does not migrate (and starts no daemon or metrics until migrated).
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env={**os.environ, **env}, check=True
+    )
     process = ServerProcess(
         [sys.executable, "manage.py", "runserver", f"127.0.0.1:{http_port}", "--provisioner-daemons", "1"],
-        {
-            "CODER_DATA_DIR": str(tmp_path),
-            "CODER_PROMETHEUS_ENABLE": "true",
-            "CODER_PROMETHEUS_ADDRESS": f"127.0.0.1:{metrics_port}",
-            "PYTHONUNBUFFERED": "1",
-        },
+        env,
         name="runserver",
     )
     try:

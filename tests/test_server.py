@@ -230,6 +230,10 @@ def test_it_serves_under_runserver_too(tmp_path: Path) -> None:
         assert status == 200
         # daphne is first in INSTALLED_APPS: runserver is the ASGI server, websockets included.
         assert "ASGI/Daphne" in server.log() or "daphne" in server.log().lower()
+        # A fresh data folder: Django's runserver does not migrate, so no daemon starts to fail on
+        # missing tables; one line says so.
+        assert "the database is not migrated: provisioner daemons and metrics are not started" in server.log()
+        assert "Traceback" not in server.log()
     finally:
         server.stop()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import logging
 import os
 import sys
 import threading
@@ -27,6 +28,8 @@ from coderd import lifecycle
 from coderd.cli import OneLineCommand, whole_number
 from coderd.env import MAX_PROVISIONER_DAEMONS
 
+log = logging.getLogger("coderd.runserver")
+
 STOP_TIMEOUT = 5.0
 
 
@@ -38,6 +41,14 @@ def _count(value: str) -> int:
     if n > MAX_PROVISIONER_DAEMONS:
         raise argparse.ArgumentTypeError(f"{value!r} must be at most {MAX_PROVISIONER_DAEMONS}")
     return n
+
+
+def _unapplied_migrations() -> bool:
+    from django.db import DEFAULT_DB_ALIAS, connections
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
+    return bool(executor.migration_plan(executor.loader.graph.leaf_nodes()))
 
 
 class _Server(Server):
@@ -92,6 +103,24 @@ class Command(OneLineCommand, DaphneRunserverCommand):
         )
 
     def inner_run(self, *args: Any, **options: Any) -> None:
+        if _unapplied_migrations():
+            # Django's runserver does not migrate (it says so itself); daemons and metrics would
+            # only fail on the missing tables, over and over.
+            log.warning(
+                "the database is not migrated: provisioner daemons and metrics are not started "
+                "(run `manage.py migrate`, or use `manage.py server`, which migrates)"
+            )
+            super().inner_run(*args, **options)
+        else:
+            self._serve_with_daemons(*args, **options)
+        if _Server.listen_failure is not None:
+            # Under the autoreloader this runs in a thread, where sys.exit would end only the
+            # thread: leave as Django's own runserver does on a bind error.
+            sys.stderr.write(f"{self._prog}: {_Server.listen_failure}\n")
+            sys.stderr.flush()
+            os._exit(1)
+
+    def _serve_with_daemons(self, *args: Any, **options: Any) -> None:
         from provisioner.daemon import start_in_process
 
         count = options.get("provisioner_daemons")
@@ -113,9 +142,3 @@ class Command(OneLineCommand, DaphneRunserverCommand):
             super().inner_run(*args, **options)
         finally:
             stop()
-        if _Server.listen_failure is not None:
-            # Under the autoreloader this runs in a thread, where sys.exit would end only the
-            # thread: leave as Django's own runserver does on a bind error.
-            sys.stderr.write(f"{self._prog}: {_Server.listen_failure}\n")
-            sys.stderr.flush()
-            os._exit(1)
