@@ -341,7 +341,6 @@ def test_it_passes_the_system_checks_with_defaults(tmp_path: Path) -> None:
             },
             "coderd.E002",
         ),
-        ({"CODER_REDIS_URL": "http://redis.example"}, "coderd.E003"),
     ],
 )
 def test_it_reports_configuration_errors_as_checks_with_hints(
