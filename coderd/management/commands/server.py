@@ -143,7 +143,10 @@ class Command(OneLineCommand, BaseCommand):
         "metrics listener when enabled) and serve the API, the admin and websockets. Each flag "
         "overrides its CODER_* environment variable. Set only by variable: CODER_DATA_DIR (data "
         "folder), CODER_PG_CONNECTION_URL (PostgreSQL instead of SQLite), CODER_REDIS_URL, "
-        "CODER_SECRET_KEY, CODER_PROVISIONER_DAEMON_PSK, CODER_ALLOWED_HOSTS, CODER_DEBUG."
+        "CODER_SECRET_KEY, CODER_PROVISIONER_DAEMON_PSK, CODER_PROVISIONER_HUNG_JOB_TIMEOUT, "
+        "CODER_PROMETHEUS_PUBLIC, CODER_PROMETHEUS_DJANGO_DB_METRICS, CODER_ALLOWED_HOSTS, "
+        "CODER_WORKERS and CODER_REPLICAS (for the deployment checks), CODER_DEBUG; README.md's "
+        "Configuration table says what each does."
     )
     requires_system_checks: list[str] = []  # run in handle(), after the flags are applied
     requires_migrations_checks = False

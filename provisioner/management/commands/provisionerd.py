@@ -126,7 +126,7 @@ class Command(OneLineCommand, BaseCommand):
                 action=_Once,
                 metavar=metavars[dest],
                 default=None,
-                help=f"{text} [env {env}, default {default}]",
+                help=f"{text} [env {env}, " + ("required" if default is None else f"default {default}") + "]",
                 **extra,
             )
 
