@@ -92,6 +92,29 @@ def http_get(
         return exc.code, dict(exc.headers), exc.read()
 
 
+def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The test runner's environment without any CODER_* variable (nor DJANGO_SETTINGS_MODULE),
+    with CODER_DATA_DIR and the variables given: what a `manage.py` child process should see."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_")}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env["CODER_DATA_DIR"] = str(data_dir)
+    env.update(extra)
+    return env
+
+
+def manage(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`manage.py <args>` in a child process; on timeout subprocess.run kills it (by its PID)."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def stop_pid(pid: int, timeout: float = 10, sig: int = signal.SIGTERM) -> None:
     """Stop one process by its PID and its children found beforehand; SIGKILL whatever lingers."""
     try:

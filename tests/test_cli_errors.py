@@ -16,31 +16,10 @@ from pathlib import Path
 import pytest
 from websockets.sync.server import serve
 
-from tests.services import REPO, ServerProcess, free_port, wait_for
+from tests.services import REPO, ServerProcess, clean_env, free_port, manage, wait_for
 
 # A process that wrongly starts is killed after this, and the test fails.
 TIMEOUT = 60
-
-
-def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_")}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    env["CODER_DATA_DIR"] = str(data_dir)
-    env.update(extra)
-    return env
-
-
-def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    # On timeout subprocess.run kills the child (by its PID) before raising.
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
 
 
 def one_line(done: subprocess.CompletedProcess[str], code: int = 2) -> str:

@@ -19,31 +19,11 @@ from typing import Any
 import pytest
 
 from coderd.management.commands.server import FLAGS
-from tests.services import REPO, ServerProcess, free_port, http_get, wait_for
+from tests.services import REPO, ServerProcess, clean_env, free_port, http_get, manage, wait_for
 
 # Start-up (imports, migrations on a fresh SQLite file) on a busy 2-core machine can take a while.
 START_TIMEOUT = 90
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: ")
-
-
-def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_")}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    env["CODER_DATA_DIR"] = str(data_dir)
-    env.update(extra)
-    return env
-
-
-def manage(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def start_server(data_dir: Path, *flags: str, **env: str) -> ServerProcess:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +24,7 @@ from coderd.env import (
     parse_postgres_url,
     psk_problem,
 )
-from tests.services import REPO
+from tests.services import clean_env, manage
 
 # --- the readers ------------------------------------------------------------------------------
 
@@ -171,26 +168,6 @@ def test_it_uses_the_default_only_when_the_variable_is_unset() -> None:
 
 
 # --- a fresh process ---------------------------------------------------------------------------
-
-
-def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    """The test runner's environment without any CODER_* variable, plus the ones given."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_")}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    env["CODER_DATA_DIR"] = str(data_dir)
-    env.update(extra)
-    return env
-
-
-def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 SHOW_SETTINGS = """
