@@ -242,6 +242,9 @@ def test_it_answers_403_json_to_a_bad_origin(db, origin):
 
 
 @pytest.mark.django_db(transaction=True)  # the consumers read the database from other threads
+# The refusal is under test, not the channel layer: channels_redis's blocking read does not end
+# when its task is cancelled under a test's event loop (see test_metrics_websockets.py).
+@override_settings(CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}})
 def test_it_answers_json_when_a_consumer_refuses(owner, workspace_for):
     from tests.fixtures import token_for
 

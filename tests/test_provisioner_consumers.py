@@ -257,6 +257,7 @@ async def test_it_fails_the_job_when_a_message_from_its_daemon_breaks_the_server
     await comm.send_json_to({"type": "logs", "job_id": job_id, "logs": [{"output": "x"}]})
     closed = await comm.receive_output(timeout=5)
     assert closed == {"type": "websocket.close", "code": 1011}
+    await comm.disconnect()
     job = await sync_to_async(build_job)(streaming)
     assert job.get_status() == "failed"
     assert "disconnected" in job.error
