@@ -66,6 +66,8 @@ class User(AbstractBaseUser):
         ]
         constraints = [
             models.UniqueConstraint(Lower("username"), name="users_username_lower_unique"),
+            # Emails are compared without case (login, the duplicate check): so is their uniqueness.
+            models.UniqueConstraint(Lower("email"), name="users_email_lower_unique"),
         ]
 
     def __str__(self) -> str:

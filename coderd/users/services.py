@@ -221,9 +221,11 @@ def activate_user(actor: User, user: User) -> User:
 def delete_user(actor: User, user: User) -> None:
     """Soft delete, as Coder: the row stays for history; its keys go. Refused while it owns workspaces."""
     _check_can_change_status(actor, user, "delete")
-    if user.workspaces.filter(deleted=False).exists():
-        raise Conflict("You cannot delete a user that has workspaces. Delete their workspaces first.")
     with transaction.atomic():
+        # Under the user's row lock, which creating a workspace takes too (see create_workspace).
+        User.objects.select_for_update().filter(pk=user.pk).first()
+        if user.workspaces.filter(deleted=False).exists():
+            raise Conflict("You cannot delete a user that has workspaces. Delete their workspaces first.")
         APIKey.objects.filter(user=user).delete()
         # Free the email and username for reuse; the id keeps history linked.
         suffix = f"-deleted-{str(user.pk)[:8]}"

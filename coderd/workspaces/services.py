@@ -229,9 +229,13 @@ def cancel_template_version(
 
 def delete_template(actor: User, template: Template) -> None:
     _require_template_admin(actor)
-    if template.workspaces.filter(deleted=False).exists():
-        raise Conflict("All workspaces must be deleted before a template can be removed.")
-    Template.objects.filter(pk=template.pk).update(deleted=True, updated_at=timezone.now())
+    # Under the template's row lock, which create_workspace takes too: a workspace being created
+    # from it is either committed and seen here, or sees the template deleted.
+    with transaction.atomic():
+        Template.objects.select_for_update().filter(pk=template.pk).first()
+        if template.workspaces.filter(deleted=False).exists():
+            raise Conflict("All workspaces must be deleted before a template can be removed.")
+        Template.objects.filter(pk=template.pk).update(deleted=True, updated_at=timezone.now())
     template.deleted = True
 
 
@@ -266,6 +270,7 @@ def create_workspace(actor: User, owner: User, template: Template, name: str) ->
         raise duplicate
     try:
         with transaction.atomic():
+            _lock_owner_and_template(owner, template)
             workspace = Workspace.objects.create(
                 owner=owner, organization_id=template.organization_id, template=template, name=name
             )
@@ -273,6 +278,21 @@ def create_workspace(actor: User, owner: User, template: Template, name: str) ->
     except IntegrityError:
         raise duplicate from None
     return workspace
+
+
+def _lock_owner_and_template(owner: User, template: Template) -> None:
+    """Re-read the owner and the template under row locks (owner first, always), so that a suspend
+    or delete of the owner, or a delete of the template, either lands before this workspace (and
+    is seen) or waits for it to commit (and then sees it). SQLite's IMMEDIATE transactions
+    serialise the same way."""
+    locked_owner = User.objects.select_for_update().filter(pk=owner.pk).first()
+    if locked_owner is None or locked_owner.deleted:
+        raise NotFound("User not found.")
+    if not locked_owner.is_active:
+        raise BadRequest("The workspace owner is suspended.")
+    locked_template = Template.objects.select_for_update().filter(pk=template.pk).first()
+    if locked_template is None or locked_template.deleted:
+        raise NotFound("Template not found.")
 
 
 def create_build(actor: User, workspace: Workspace, transition: str) -> WorkspaceBuild:
@@ -374,8 +394,9 @@ def on_build_job_finished(job: ProvisionerJob, now: datetime | None = None) -> N
     build = WorkspaceBuild.objects.filter(job_id=job.pk).only("id", "workspace_id", "transition").first()
     if build is None:
         return
-    updates: dict[str, Any] = {"updated_at": now}
+    Workspace.objects.filter(pk=build.workspace_id).update(updated_at=now)
     if build.transition == Transition.DELETE and job.get_status(now) == JobStatus.SUCCEEDED:
-        updates["deleted"] = True
-    Workspace.objects.filter(pk=build.workspace_id).update(**updates)
+        # Only while this delete is still the latest build: a start taken between the job's outcome
+        # and this line (the workspace looked alive then) keeps the workspace alive.
+        Workspace.objects.filter(pk=build.workspace_id, latest_build_id=build.pk).update(deleted=True)
     _notify(build.workspace_id)
