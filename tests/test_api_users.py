@@ -128,3 +128,27 @@ def test_it_filters_users_by_status(owner, member, other_member, api_as):
     api = api_as(owner)
     assert [u["username"] for u in api.get("users?status=suspended").json()["users"]] == ["member"]
     assert api.get("users?status=asleep").status_code == 400
+
+
+def test_it_searches_users_with_coders_query_terms(owner, member, other_member, auditor, api_as):
+    from urllib.parse import urlencode
+
+    from coderd.users.services import suspend_user
+
+    suspend_user(owner, member)
+    api = api_as(owner)
+
+    def names(q: str) -> list[str]:
+        r = api.get("users?" + urlencode({"q": q}))
+        assert r.status_code == 200, r.content
+        return [u["username"] for u in r.json()["users"]]
+
+    assert names("status:suspended") == ["member"]
+    assert names("status:active member") == ["other-member"]  # a term and a word: both must match
+    assert names("role:auditor") == ["auditor"]
+    assert names("role:owner") == ["owner"]
+    assert len(names("role:member")) == 4  # everyone is a member
+    for bad in ("status:bogus", "role:king", "color:blue", "status:"):
+        r = api.get("users?" + urlencode({"q": bad}))
+        assert r.status_code == 400, bad
+        assert r.json()["validations"][0]["field"] == "q"

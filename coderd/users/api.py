@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from django.conf import settings
-from django.db.models import Prefetch, Q
+from django.db.models import Prefetch, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
-from coderd.errors import Forbidden, NotFound, field_error
+from coderd.errors import BadRequest, Forbidden, NotFound, field_error
 from coderd.pagination import Page
 from coderd.users import auth, services
-from coderd.users.models import LoginType, OrganizationMember, User
+from coderd.users.models import LoginType, OrganizationMember, Role, User, UserStatus
 from coderd.users.schemas import (
     APIKeyResponse,
     CreateFirstUserRequest,
@@ -87,7 +87,12 @@ def logout(request: HttpRequest, response: HttpResponse) -> Any:
 
 
 class UserFilter(Schema):
-    q: str = Field("", max_length=256, description="Search by username or email (a substring).")
+    q: str = Field(
+        "",
+        max_length=256,
+        description="Space-separated terms, as Coder's: `status:<active|dormant|suspended>`, "
+        "`role:<role>`, and plain words, each a substring of the username or email.",
+    )
     status: Literal["", "active", "dormant", "suspended"] = Field(
         "", description="Only users with this status."
     )
@@ -99,13 +104,36 @@ def _users() -> Any:
     )
 
 
+_USER_QUERY_KEYS = {"status": set(UserStatus.values), "role": {*services.ASSIGNABLE_ROLES, Role.MEMBER}}
+
+
+def _search_users(users: QuerySet, q: str) -> QuerySet:
+    for term in q.split():
+        key, sep, value = term.partition(":")
+        if not sep:
+            users = users.filter(Q(username__icontains=term) | Q(email__icontains=term))
+            continue
+        allowed = _USER_QUERY_KEYS.get(key)
+        if allowed is None or value not in allowed:
+            detail = (
+                f"{term!r}: {key} is one of {sorted(allowed)}."
+                if allowed is not None
+                else f"{term!r}: use one of {sorted(_USER_QUERY_KEYS)}, or plain words."
+            )
+            raise BadRequest("Invalid user search query.", validations=[{"field": "q", "detail": detail}])
+        if key == "status":
+            users = users.filter(status=value)
+        elif value != Role.MEMBER:  # every user is a member
+            # The role as one quoted string of the JSON list, on SQLite and PostgreSQL alike.
+            users = users.filter(roles__icontains=f'"{value}"')
+    return users
+
+
 @router.get("/users", response={200: UsersList, **ERRORS}, summary="List users")
 def list_users(request: HttpRequest, page: Query[Page], filters: Query[UserFilter]) -> Any:
     if not auth.can_read_users(actor(request)):
         raise Forbidden("You may not list users.")
-    users = _users()
-    if filters.q:
-        users = users.filter(Q(username__icontains=filters.q) | Q(email__icontains=filters.q))
+    users = _search_users(_users(), filters.q)
     if filters.status:
         users = users.filter(status=filters.status)
     users = users.order_by("username", "id")
