@@ -13,8 +13,9 @@ other helpers' tests can import them directly.
 
 from __future__ import annotations
 
+import contextlib
 import json as jsonlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -148,6 +149,21 @@ class APIClient:
 
 
 # --- fixtures ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def metrics_installed(**build: Any) -> Iterator[Any]:
+    """A fresh metrics state (`metrics.runtime.build_state(**build)`) as this process's, the previous
+    one put back afterwards: every request, socket and scrape inside sees only this one."""
+    from metrics import runtime
+
+    fresh = runtime.build_state(**build)
+    previous = runtime._state
+    runtime.install(fresh)
+    try:
+        yield fresh
+    finally:
+        runtime.install(previous)
 
 
 @pytest.fixture(autouse=True)

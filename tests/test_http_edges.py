@@ -16,6 +16,7 @@ from django.test import override_settings
 # Imported at collection: its django.setup() re-applies LOGGING, which would drop the handler of
 # `caplog` in whichever test imported it first.
 from coderd.asgi import application
+from tests.fixtures import metrics_installed
 
 SHAPE = {"message", "detail", "validations"}
 
@@ -122,13 +123,8 @@ def test_it_answers_405_as_json_to_a_wrong_method(db, method, path):
 
 @pytest.fixture
 def metrics_state():
-    from metrics import runtime
-
-    fresh = runtime.build_state(with_database=False)
-    previous = runtime._state
-    runtime.install(fresh)
-    yield fresh
-    runtime.install(previous)
+    with metrics_installed(with_database=False) as fresh:
+        yield fresh
 
 
 @override_settings(PROMETHEUS_ENABLE=True, PROMETHEUS_PUBLIC=True)

@@ -13,7 +13,14 @@ from metrics.database import JOB_STATUSES, DatabaseCollector
 from metrics.observer import MetricsJobObserver
 from provisioner.models import ProvisionerJob
 from provisioner.observer import BuildInfo
-from tests.fixtures import finish_job, make_echo_template, make_user, make_workspace, token_for
+from tests.fixtures import (
+    finish_job,
+    make_echo_template,
+    make_user,
+    make_workspace,
+    metrics_installed,
+    token_for,
+)
 
 
 class Clock:
@@ -26,11 +33,8 @@ class Clock:
 
 @pytest.fixture
 def state(db):
-    fresh = runtime.build_state(refresh_interval=60.0)
-    previous = runtime._state
-    runtime.install(fresh)
-    yield fresh
-    runtime.install(previous)
+    with metrics_installed(refresh_interval=60.0) as fresh:
+        yield fresh
 
 
 @pytest.fixture

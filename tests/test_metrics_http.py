@@ -13,8 +13,8 @@ from django.http import HttpResponse
 from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 
-from metrics import runtime
 from metrics.routes import template_for_route
+from tests.fixtures import metrics_installed
 
 
 def ok(request):
@@ -53,11 +53,8 @@ urlpatterns = [
 
 @pytest.fixture
 def state(db):
-    fresh = runtime.build_state(with_database=False)
-    previous = runtime._state
-    runtime.install(fresh)
-    yield fresh
-    runtime.install(previous)
+    with metrics_installed(with_database=False) as fresh:
+        yield fresh
 
 
 def _scope(method: str, path: str, headers: list[tuple[bytes, bytes]] = ()) -> dict:

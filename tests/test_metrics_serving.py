@@ -17,17 +17,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from metrics import runtime
 from metrics.autostart import should_start
 from metrics.serving import ListenerError, start_listener
-from tests.fixtures import token_for
+from tests.fixtures import metrics_installed, token_for
 from tests.services import REPO, ServerProcess, free_port, http_get
 
 
 @pytest.fixture
 def state(db):
-    fresh = runtime.build_state()
-    previous = runtime._state
-    runtime.install(fresh)
-    yield fresh
-    runtime.install(previous)
+    with metrics_installed() as fresh:
+        yield fresh
 
 
 @pytest.fixture

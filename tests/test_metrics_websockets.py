@@ -11,8 +11,8 @@ from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 from django.urls import path
 
-from metrics import runtime
 from metrics.asgi import MetricsWebsocketMiddleware
+from tests.fixtures import metrics_installed
 
 
 class Echo(AsyncWebsocketConsumer):
@@ -43,11 +43,8 @@ WS_ID = "4f9a9c4e-8f3a-4d0e-9f59-3c1c8d6a2b11"
 
 @pytest.fixture
 def state():
-    fresh = runtime.build_state(with_database=False)
-    previous = runtime._state
-    runtime.install(fresh)
-    yield fresh
-    runtime.install(previous)
+    with metrics_installed(with_database=False) as fresh:
+        yield fresh
 
 
 def app():
