@@ -187,14 +187,21 @@ async def test_it_serves_a_job_to_an_external_daemon_over_the_socket(owner, stre
     ]
 
 
-async def test_it_fails_the_job_of_an_external_daemon_that_disconnects(owner, streaming, settings):
+async def daemon_with_a_job(settings, name: str) -> tuple[WebsocketCommunicator, dict[str, Any]]:
+    """An external daemon connected over the serve socket, said hello and took the waiting job."""
     settings.PROVISIONER_DAEMON_PSK = PSK
     comm = serve_communicator(PSK)
     assert (await comm.connect(timeout=5))[0]
-    await comm.send_json_to({"type": "hello", "name": "flaky"})
+    await comm.send_json_to({"type": "hello", "name": name})
     await comm.receive_json_from(timeout=5)
     await comm.send_json_to({"type": "acquire"})
-    assert (await comm.receive_json_from(timeout=5))["type"] == "job"
+    reply = await comm.receive_json_from(timeout=5)
+    assert reply["type"] == "job", reply
+    return comm, reply["job"]
+
+
+async def test_it_fails_the_job_of_an_external_daemon_that_disconnects(owner, streaming, settings):
+    comm, _ = await daemon_with_a_job(settings, "flaky")
     await comm.disconnect()
     job = await sync_to_async(build_job)(streaming)
     assert job.get_status() == "failed"
@@ -204,13 +211,8 @@ async def test_it_fails_the_job_of_an_external_daemon_that_disconnects(owner, st
 async def test_it_stores_malformed_log_fields_from_an_external_daemon_as_best_it_can(
     owner, streaming, settings
 ):
-    settings.PROVISIONER_DAEMON_PSK = PSK
-    comm = serve_communicator(PSK)
-    assert (await comm.connect(timeout=5))[0]
-    await comm.send_json_to({"type": "hello", "name": "sloppy"})
-    await comm.receive_json_from(timeout=5)
-    await comm.send_json_to({"type": "acquire"})
-    job_id = (await comm.receive_json_from(timeout=5))["job"]["job_id"]
+    comm, job = await daemon_with_a_job(settings, "sloppy")
+    job_id = job["job_id"]
     lines = [
         {"output": "feb 30", "created_at": "2026-02-30T00:00:00Z"},  # parses, but no such day
         {"output": "year 0", "created_at": "0000-01-01T00:00:00Z"},
@@ -242,13 +244,8 @@ async def test_it_fails_the_job_when_a_message_from_its_daemon_breaks_the_server
     # Whatever goes wrong while handling a message, the job in flight must not stay "running".
     from provisioner import queue
 
-    settings.PROVISIONER_DAEMON_PSK = PSK
-    comm = serve_communicator(PSK)
-    assert (await comm.connect(timeout=5))[0]
-    await comm.send_json_to({"type": "hello", "name": "unlucky"})
-    await comm.receive_json_from(timeout=5)
-    await comm.send_json_to({"type": "acquire"})
-    job_id = (await comm.receive_json_from(timeout=5))["job"]["job_id"]
+    comm, job = await daemon_with_a_job(settings, "unlucky")
+    job_id = job["job_id"]
 
     def broken(*args, **kwargs):
         raise RuntimeError("the database went away")
