@@ -7,7 +7,7 @@ gauges fresh, through the real listener over loopback as Prometheus asks (OpenMe
     .venv/bin/python bench/bench_scrape.py --seed --postgres
     # an existing data folder or database: the usual CODER_DATA_DIR / CODER_PG_CONNECTION_URL
 
-Prints medians; figures go to README's Metrics section. Not part of the test suite.
+Prints medians; figures go to docs/benchmarks.md. Not part of the test suite.
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ PROCESS = {
     "python_asyncio_tasks": "gauge",
 }
 # METRICS.md names `coderd_api_total_user_count` (as today's Coder does) as a gauge, which promtool's
-# lint reports whatever the legacy setting: the contract's name wins over the lint (see README).
+# lint reports whatever the legacy setting: the contract's name wins over the lint (see docs/metrics.md).
 PROMTOOL_NAME_FINDING = (
     'coderd_api_total_user_count non-histogram and non-summary metrics should not have "_count" suffix'
 )
