@@ -41,10 +41,13 @@ def run_each(
     objects: Iterable[Any],
     service: Callable[[Any], Any],
     done_message: str,
+    log_message: str = "",
 ) -> int:
     """Call `service(obj)` for each object; refusals are error messages naming the object.
 
-    `done_message` is formatted with `count` (how many succeeded). Returns that count.
+    `done_message` is formatted with `count` (how many succeeded). Returns that count. Each success
+    goes in the object's History and Recent actions as `log_message` (default: the action's name);
+    the service function itself writes the audit trail.
     """
     done = 0
     for obj in objects:
@@ -54,9 +57,15 @@ def run_each(
             modeladmin.message_user(request, f"{obj}: {describe(exc)}", messages.ERROR)
         else:
             done += 1
+            modeladmin.log_change(request, obj, log_message or _action_name(modeladmin, request))
     if done:
         modeladmin.message_user(request, done_message.format(count=done), messages.SUCCESS)
     return done
+
+
+def _action_name(modeladmin: admin.ModelAdmin, request: HttpRequest) -> str:
+    action = modeladmin.get_actions(request).get(request.POST.get("action", ""))
+    return f"{action[2]}." if action else "Changed by an admin action."
 
 
 def with_job_status(queryset: QuerySet, prefix: str = "") -> QuerySet:

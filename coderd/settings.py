@@ -109,11 +109,14 @@ INSTALLED_APPS = [
     "coderd",
     "coderd.users",
     "coderd.workspaces",
+    "coderd.audit",
     "metrics",
 ]
 
 MIDDLEWARE = [
     "metrics.middleware.PrometheusMiddleware",
+    # Before the others: whatever changes state below it can record who asked, and from where.
+    "coderd.audit.context.AuditContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

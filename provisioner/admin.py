@@ -113,7 +113,10 @@ class ProvisionerJobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected jobs")
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet) -> None:
-        run_each(self, request, queryset, lambda j: cancel(request.user, j), "Canceled {count} job(s).")
+        run_each(
+            self, request, queryset, lambda j: cancel(request.user, j), "Canceled {count} job(s).",
+            log_message="Canceled.",
+        )  # fmt: skip
 
 
 @admin.register(ProvisionerJobLog)

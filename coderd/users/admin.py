@@ -19,6 +19,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from coderd.admin import describe, run_each
+from coderd.audit.admin import AuditedModelAdmin
 from coderd.errors import APIError
 from coderd.users import services
 from coderd.users.models import APIKey, Organization, OrganizationMember, Role, User
@@ -96,7 +97,7 @@ class UserChangeForm(forms.ModelForm):
 
 
 @admin.register(User)
-class UserAdmin(admin.ModelAdmin):
+class UserAdmin(AuditedModelAdmin):
     form = UserChangeForm
     add_form = UserCreationForm
     list_display = (
@@ -175,6 +176,7 @@ class UserAdmin(admin.ModelAdmin):
             queryset,
             lambda u: services.suspend_user(request.user, u),
             "Suspended {count} user(s).",
+            log_message="Suspended.",
         )
 
     @admin.action(description="Activate selected users")
@@ -185,6 +187,7 @@ class UserAdmin(admin.ModelAdmin):
             queryset,
             lambda u: services.activate_user(request.user, u),
             "Activated {count} user(s).",
+            log_message="Activated.",
         )
 
     @admin.action(description="Delete selected users (keeps their history)")
@@ -195,6 +198,7 @@ class UserAdmin(admin.ModelAdmin):
             queryset,
             lambda u: services.delete_user(request.user, u),
             "Deleted {count} user(s).",
+            log_message="Deleted (the row and its history stay).",
         )
 
 
@@ -207,7 +211,7 @@ class MemberInline(admin.TabularInline):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(AuditedModelAdmin):
     list_display = ("name", "display_name", "is_default", "member_count", "template_count", "created_at")
     list_filter = ("is_default",)
     search_fields = ("name", "display_name")
@@ -239,7 +243,7 @@ class OrganizationAdmin(admin.ModelAdmin):
 
 
 @admin.register(OrganizationMember)
-class OrganizationMemberAdmin(admin.ModelAdmin):
+class OrganizationMemberAdmin(AuditedModelAdmin):
     list_display = ("user", "organization", "roles", "created_at")
     list_filter = ("organization",)
     search_fields = ("user__username", "user__email", "organization__name")
@@ -291,6 +295,14 @@ class APIKeyAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # keys are issued by login and POST /users/{user}/keys, shown once
+
+    # Deleting a key revokes it, through the service (who may, and the audit trail).
+    def delete_model(self, request: HttpRequest, obj: APIKey) -> None:
+        services.delete_api_key(request.user, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for key in queryset.select_related("user"):
+            services.delete_api_key(request.user, key)
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -56,6 +56,10 @@ def can_change_workspace(user: User, workspace: Any) -> bool:
     return workspace.owner_id == user.id or is_owner(user)
 
 
+def can_read_audit_log(user: User) -> bool:
+    return user.has_role(Role.OWNER, Role.AUDITOR)
+
+
 def can_read_provisioners(user: User) -> bool:
     return user.has_role(Role.OWNER, Role.TEMPLATE_ADMIN, Role.AUDITOR)
 

@@ -18,6 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
+from coderd.audit.services import Action, audited, nested, record, record_change
 from coderd.errors import APIError, BadRequest, Conflict, Forbidden, NotFound, Unauthorized, field_error
 from coderd.users import auth
 from coderd.users.models import (
@@ -176,9 +177,11 @@ def create_first_user(email: str, username: str, password: str) -> tuple[User, O
             raise Conflict("The initial user has already been created.")
         user = _create_user_row(email, username, password, [Role.OWNER])
         ensure_member(user, org)
+    record_change(Action.CREATE, user, actor=user, status=201)
     return user, org
 
 
+@audited(Action.CREATE, result=True, status=201)
 def create_user(actor: User, email: str, username: str, password: str, roles: Iterable[str] = ()) -> User:
     if not auth.can_manage_users(actor):
         raise Forbidden("Only owners and user admins can create users.")
@@ -204,6 +207,7 @@ def _check_can_change_status(actor: User, user: User, verb: str) -> None:
         raise Forbidden(f"Only owners can {verb} an owner.")
 
 
+@audited(Action.WRITE, target="user")
 def suspend_user(actor: User, user: User) -> User:
     _check_can_change_status(actor, user, "suspend")
     User.objects.filter(pk=user.pk).update(status=UserStatus.SUSPENDED, updated_at=timezone.now())
@@ -211,6 +215,7 @@ def suspend_user(actor: User, user: User) -> User:
     return user
 
 
+@audited(Action.WRITE, target="user")
 def activate_user(actor: User, user: User) -> User:
     _check_can_change_status(actor, user, "activate")
     User.objects.filter(pk=user.pk).update(status=UserStatus.ACTIVE, updated_at=timezone.now())
@@ -218,6 +223,7 @@ def activate_user(actor: User, user: User) -> User:
     return user
 
 
+@audited(Action.DELETE, target="user")
 def delete_user(actor: User, user: User) -> None:
     """Soft delete, as Coder: the row stays for history; its keys go. Refused while it owns workspaces."""
     _check_can_change_status(actor, user, "delete")
@@ -237,6 +243,7 @@ def delete_user(actor: User, user: User) -> None:
         )
 
 
+@audited(Action.WRITE, target="user")
 def set_user_roles(actor: User, user: User, roles: Iterable[str]) -> User:
     if not auth.can_manage_users(actor):
         raise Forbidden("Only owners and user admins can change roles.")
@@ -257,6 +264,7 @@ def set_user_roles(actor: User, user: User, roles: Iterable[str]) -> User:
 # --- API keys --------------------------------------------------------------------------------------
 
 
+@audited(Action.CREATE, result=lambda issued: issued[0], status=201, fallback_actor="user")
 def issue_api_key(
     user: User, login_type: str, lifetime_seconds: int | None = None, token_name: str = ""
 ) -> tuple[APIKey, str]:
@@ -304,15 +312,35 @@ def login(email: str, password: str) -> tuple[APIKey, str]:
     """A password session. One message for every failure so accounts cannot be probed."""
     user = User.objects.filter(email__iexact=email, deleted=False).first()
     if user is None or not user.check_password(password):
+        _failed_login(user)
         raise Unauthorized("Incorrect email or password.")
     if user.status == UserStatus.SUSPENDED:
+        _failed_login(user)
         raise Unauthorized("Your account is suspended. Contact an admin to reactivate your account.")
     if user.status == UserStatus.DORMANT:
         User.objects.filter(pk=user.pk).update(status=UserStatus.ACTIVE)
-    return issue_api_key(user, LoginType.PASSWORD)
+    with nested():  # the login is the change, not the key it creates
+        key, token = issue_api_key(user, LoginType.PASSWORD)
+    record_change(Action.LOGIN, key, actor=user, status=201, after=None)
+    return key, token
+
+
+def _failed_login(user: User | None) -> None:
+    # As Coder: an attempt on a known account is recorded; one naming no user is not.
+    if user is not None:
+        record(Action.LOGIN, "api_key", user.pk, actor=user, status=401)
 
 
 def logout(key: APIKey) -> None:
+    APIKey.objects.filter(pk=key.pk).delete()
+    record_change(Action.LOGOUT, key, actor=key.user, after=None)
+
+
+@audited(Action.DELETE, target="key")
+def delete_api_key(actor: User, key: APIKey) -> None:
+    """Revoke a key: its owner's own, or anyone's by an owner."""
+    if key.user_id != actor.pk and not auth.is_owner(actor):
+        raise Forbidden("You may only delete your own API keys.")
     APIKey.objects.filter(pk=key.pk).delete()
 
 

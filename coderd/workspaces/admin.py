@@ -16,6 +16,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from coderd.admin import JobStatusFilter, render_job_logs, run_each, status_badge, with_job_status
+from coderd.audit.admin import AuditedModelAdmin
 from coderd.errors import BadRequest
 from coderd.workspaces import services
 from coderd.workspaces.models import Template, TemplateVersion, Transition, Workspace, WorkspaceBuild
@@ -47,7 +48,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Template)
-class TemplateAdmin(admin.ModelAdmin):
+class TemplateAdmin(AuditedModelAdmin):
     list_display = (
         "name", "organization", "provisioner", "active_version_link", "live_workspaces", "created_by",
         "created_at", "deleted",
@@ -88,7 +89,7 @@ class TemplateAdmin(admin.ModelAdmin):
     def delete_templates(self, request: HttpRequest, queryset: QuerySet) -> None:
         run_each(
             self, request, queryset, lambda t: services.delete_template(request.user, t),
-            "Deleted {count} template(s).",
+            "Deleted {count} template(s).", log_message="Deleted (the row stays for history).",
         )  # fmt: skip
 
 
@@ -117,7 +118,12 @@ class TemplateVersionAdmin(ReadOnlyAdmin):
             services.set_active_version(request.user, version.template, version)
 
         run_each(
-            self, request, queryset.select_related("template"), activate, "Activated {count} version(s)."
+            self,
+            request,
+            queryset.select_related("template"),
+            activate,
+            "Activated {count} version(s).",
+            log_message="Made the active version of its template.",
         )
 
     @admin.display(description="import", ordering="job_status")
@@ -166,6 +172,7 @@ class WorkspaceAdmin(ReadOnlyAdmin):
         run_each(
             self, request, queryset, lambda w: services.create_build(request.user, w, transition),
             f"{verb} {{count}} workspace(s): a {transition} build is queued for each.",
+            log_message=f"Queued a {transition} build.",
         )  # fmt: skip
 
     @admin.action(description="Start selected workspaces")
@@ -228,5 +235,5 @@ class WorkspaceBuildAdmin(ReadOnlyAdmin):
     def cancel_builds(self, request: HttpRequest, queryset: QuerySet) -> None:
         run_each(
             self, request, queryset, lambda b: services.cancel_build(request.user, b),
-            "Canceled {count} build(s).",
+            "Canceled {count} build(s).", log_message="Canceled.",
         )  # fmt: skip

@@ -25,6 +25,7 @@ from django.db import IntegrityError, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
+from coderd.audit.services import Action, audited
 from coderd.errors import BadRequest, Conflict, Forbidden, NotFound, field_error
 from coderd.users import auth
 from coderd.users.models import Organization, User
@@ -100,6 +101,7 @@ def _require_template_admin(actor: User) -> None:
         raise Forbidden("Only owners and template admins can manage templates.")
 
 
+@audited(Action.CREATE, result=True, status=201)
 def create_template_version(
     actor: User,
     organization: Organization,
@@ -171,6 +173,7 @@ def _check_version_usable(version: TemplateVersion, field: str) -> None:
         raise field_error(field, f"The version's import job is {status}.")
 
 
+@audited(Action.CREATE, result=True, status=201)
 def create_template(actor: User, organization: Organization, name: str, version: TemplateVersion) -> Template:
     _require_template_admin(actor)
     validate_name("name", name)
@@ -203,6 +206,7 @@ def create_template(actor: User, organization: Organization, name: str, version:
     return template
 
 
+@audited(Action.WRITE, target="template")
 def set_active_version(actor: User, template: Template, version: TemplateVersion) -> Template:
     _require_template_admin(actor)
     if version.template_id != template.pk:
@@ -220,6 +224,7 @@ def set_active_version(actor: User, template: Template, version: TemplateVersion
     return template
 
 
+@audited(Action.WRITE, target="version")
 def cancel_template_version(
     actor: User, version: TemplateVersion, now: datetime | None = None
 ) -> ProvisionerJob:
@@ -227,6 +232,7 @@ def cancel_template_version(
     return cancel_job(version.job, now)
 
 
+@audited(Action.DELETE, target="template")
 def delete_template(actor: User, template: Template) -> None:
     _require_template_admin(actor)
     # Under the template's row lock, which create_workspace takes too: a workspace being created
@@ -242,6 +248,12 @@ def delete_template(actor: User, template: Template) -> None:
 # --- workspaces and builds ------------------------------------------------------------------------
 
 
+def _build_action(arguments: dict[str, Any]) -> str:
+    # Coder audits a build by its transition: start, stop or delete.
+    transition = arguments.get("transition")
+    return transition if transition in Transition.values else Action.WRITE
+
+
 def _notify(workspace_id: uuid.UUID) -> None:
     transaction.on_commit(lambda: workspace_changed.send(sender=Workspace, workspace_id=workspace_id))
 
@@ -254,6 +266,7 @@ def _check_can_change(actor: User, workspace: Workspace) -> None:
     raise NotFound("Workspace not found.")
 
 
+@audited(Action.CREATE, result=True, status=201)
 def create_workspace(actor: User, owner: User, template: Template, name: str) -> Workspace:
     """The workspace and its first `start` build, in one transaction."""
     if owner.pk != actor.pk and not auth.is_owner(actor):
@@ -295,6 +308,7 @@ def _lock_owner_and_template(owner: User, template: Template) -> None:
         raise NotFound("Template not found.")
 
 
+@audited(_build_action, target="workspace", result=True, status=201)
 def create_build(actor: User, workspace: Workspace, transition: str) -> WorkspaceBuild:
     """The next build (number + 1) on the template's active version. 409 while one is in flight."""
     _check_can_change(actor, workspace)
@@ -370,6 +384,7 @@ def _new_build(actor: User, workspace: Workspace, transition: str) -> WorkspaceB
     return build
 
 
+@audited(Action.WRITE, target="build")
 def cancel_build(actor: User, build: WorkspaceBuild, now: datetime | None = None) -> WorkspaceBuild:
     _check_can_change(actor, build.workspace)
     now = now or timezone.now()
