@@ -1,4 +1,5 @@
-"""The ASGI application: Django for HTTP (with the admin's static files), Channels for websockets."""
+"""The ASGI application: Django for HTTP (two middleware chains, coderd/handlers.py; the admin's
+static files), Channels for websockets."""
 
 import os
 import sys
@@ -8,9 +9,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coderd.settings")
 from coderd.env import EnvError
 
 try:
-    from django.core.asgi import get_asgi_application
+    import django
 
-    django_asgi_app = get_asgi_application()
+    django.setup(set_prefix=False)  # as get_asgi_application(): the prefix comes from each request
+    from coderd.handlers import HTTPApplication
+
+    http_app = HTTPApplication()
 except EnvError as exc:
     print(f"coderd: {exc}", file=sys.stderr)
     sys.exit(2)
@@ -42,7 +46,7 @@ application = ProtocolTypeRouter(
     {
         # Static files (the admin's styles) are served here, with DEBUG off too, so that
         # `manage.py server` and gunicorn need no web server in front.
-        "http": StaticFilesHandler(django_asgi_app),
+        "http": StaticFilesHandler(http_app),
         # Refusals inside the metrics, so that they count the status the client got (401, 404...).
         "websocket": MetricsWebsocketMiddleware(
             RefusalMiddleware(

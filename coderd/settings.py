@@ -113,6 +113,7 @@ INSTALLED_APPS = [
     "metrics",
 ]
 
+# Everything but the API: the admin, /metrics (which also accepts an admin session), unknown paths.
 MIDDLEWARE = [
     "metrics.middleware.PrometheusMiddleware",
     # Before the others: whatever changes state below it can record who asked, and from where.
@@ -124,6 +125,14 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+# The API (/api/ and /healthz, coderd/handlers.py): token-authenticated, so no sessions, CSRF,
+# messages or auth middleware; the same metrics middleware first, the same headers, no thread hop.
+API_MIDDLEWARE = [
+    "metrics.middleware.PrometheusMiddleware",
+    "coderd.middleware.SecurityMiddleware",
+    "coderd.middleware.CommonMiddleware",
+    "coderd.middleware.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "coderd.urls"
