@@ -130,6 +130,7 @@ MIDDLEWARE = [
 # messages or auth middleware; the same metrics middleware first, the same headers, no thread hop.
 API_MIDDLEWARE = [
     "metrics.middleware.PrometheusMiddleware",
+    "coderd.audit.context.AuditContextMiddleware",  # on the loop too: no thread hop
     "coderd.middleware.SecurityMiddleware",
     "coderd.middleware.CommonMiddleware",
     "coderd.middleware.XFrameOptionsMiddleware",

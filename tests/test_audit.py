@@ -261,6 +261,18 @@ def test_it_records_through_the_asgi_handler(owner: Any, member: Any, asgi_api_a
     )
 
 
+def test_it_records_through_the_servers_own_api_chain(owner: Any, member: Any) -> None:
+    # coderd.asgi's application, whose API chain is not settings.MIDDLEWARE (coderd/handlers.py).
+    from tests.test_request_path import http
+
+    token = token_for(owner)
+    AuditLog.objects.all().delete()
+    headers = [(b"coder-session-token", token.encode()), (b"user-agent", AGENT.encode())]
+    assert http("PUT", "/api/v2/users/member/status/suspend", headers)["status"] == 200
+    row = only_row()
+    assert (row.user_id, row.resource_id, row.ip, row.user_agent) == (owner.pk, member.pk, "127.0.0.1", AGENT)
+
+
 def test_it_records_a_change_made_outside_a_request_without_an_address(owner: Any) -> None:
     from tests.fixtures import make_user
 
