@@ -330,15 +330,19 @@ class Redis:
 
 
 class Prometheus:
-    """A real Prometheus server scraping `targets` ("host:port") every second, stopped by PID."""
+    """A real Prometheus server scraping `targets` ("host:port") every second, stopped by PID;
+    `rule_files` (absolute paths) are loaded and evaluated at the same interval."""
 
-    def __init__(self, binary: str, targets: list[str], scrape_interval: str = "1s") -> None:
+    def __init__(
+        self, binary: str, targets: list[str], scrape_interval: str = "1s", rule_files: tuple[Path, ...] = ()
+    ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="coderd-prometheus-"))
         config = self.root / "prometheus.yml"
         config.write_text(
             "global:\n"
             f"  scrape_interval: {scrape_interval}\n"
             f"  evaluation_interval: {scrape_interval}\n"
+            f"rule_files: {json.dumps([str(f) for f in rule_files])}\n"
             "scrape_configs:\n"
             "  - job_name: coderd\n"
             "    static_configs:\n"
@@ -361,6 +365,15 @@ class Prometheus:
         if status != 200 or payload.get("status") != "success":
             raise AssertionError(f"query {expr!r} failed: {status} {body[:500]!r}")
         return payload["data"]["result"]
+
+    def api(self, path: str, **params: str) -> Any:
+        """A GET of the HTTP API (`/api/v1/<path>`): its `data`."""
+        url = f"{self.base}/api/v1/{path}?" + urllib.parse.urlencode(params)
+        status, _, body = http_get(url)
+        payload = json.loads(body)
+        if status != 200 or payload.get("status") != "success":
+            raise AssertionError(f"{path} {params} failed: {status} {body[:500]!r}")
+        return payload["data"]
 
     def wait_value(self, expr: str, expected: float, timeout: float = 30) -> float:
         """Poll a query until its single value equals `expected` (a first sample takes ~5 s)."""
