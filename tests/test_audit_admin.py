@@ -251,3 +251,18 @@ def test_it_browses_the_trail_read_only_newest_first_with_filters(
     assert admin_client.post(f"{AUDIT}{entry.pk}/delete/", {"post": "yes"}).status_code == 403
     assert AuditLog.objects.filter(pk=entry.pk).exists()
     assert WorkspaceBuild.objects.filter(workspace=workspace).count() == 2
+
+
+def test_it_records_admin_logins_and_logouts(owner: Any) -> None:
+    AuditLog.objects.all().delete()
+    client = Client(REMOTE_ADDR=IP, HTTP_USER_AGENT=BROWSER)
+    login = "/admin/login/?next=/admin/"
+    assert client.post(login, {"username": owner.email, "password": "wrong"}).status_code == 200
+    assert_row(only_row(status_code=401), owner, "login", "api_key", owner.pk, 401)
+    client.post(login, {"username": "nobody@example.com", "password": "wrong"})
+    assert AuditLog.objects.count() == 1  # a name that is no one's is not recorded
+
+    assert client.post(login, {"username": owner.email, "password": PASSWORD}).status_code == 302
+    assert_row(only_row(status_code=302), owner, "login", "api_key", owner.pk, 302)
+    assert client.post("/admin/logout/").status_code == 200
+    assert_row(only_row(action="logout"), owner, "logout", "api_key", owner.pk, 200)
