@@ -50,6 +50,11 @@ class NotFound(APIError):
     default_message = "Resource not found or you do not have access to this resource."
 
 
+class Gone(APIError):
+    status = 410
+    default_message = "The resource was deleted."
+
+
 class Conflict(APIError):
     status = 409
     default_message = "The request conflicts with the current state."

@@ -21,21 +21,13 @@ from coderd.pagination import Page
 from coderd.users import auth
 from coderd.users.api import ERRORS, actor, visible_organization
 from coderd.workspaces.api import get_build, get_template_version
-from coderd.workspaces.schemas import JobOut, job_json
+from coderd.workspaces.schemas import JobOut, LogOut, job_json
 from provisioner.models import JobStatus, ProvisionerDaemon, ProvisionerJob, ProvisionerJobLog
+from provisioner.queue import log_json
 
 router = Router(tags=["Provisioner"])
 # A daemon not seen for this long is listed as offline (Coder shows the same from last_seen_at).
 DAEMON_OFFLINE_AFTER_SECONDS = 60
-
-
-class LogOut(Schema):
-    id: int
-    created_at: datetime
-    level: str
-    stage: str
-    output: str
-    source: str
 
 
 class DaemonJobOut(Schema):
@@ -89,7 +81,7 @@ def list_jobs(request: HttpRequest, organization: str, filters: Query[JobFilter]
     org = visible_organization(request, organization)
     _require_provisioner_reader(request)
     now = timezone.now()
-    jobs = ProvisionerJob.objects.filter(organization=org)
+    jobs = ProvisionerJob.objects.select_related("worker").filter(organization=org)
     statuses = _statuses(filters.status)
     if statuses:
         jobs = jobs.with_status(now).filter(computed_status__in=statuses)
@@ -152,7 +144,7 @@ def list_daemons(request: HttpRequest, organization: str, page: Query[Page]) -> 
 
 def _logs(job_id: Any, after: int) -> list[dict[str, Any]]:
     lines = ProvisionerJobLog.objects.filter(job_id=job_id, id__gt=after).order_by("id")
-    return list(lines.values("id", "created_at", "level", "stage", "output", "source"))
+    return [log_json(line) for line in lines]
 
 
 @router.get(

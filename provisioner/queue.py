@@ -221,12 +221,17 @@ def append_logs(job_id: Any, lines: list[LogLine]) -> None:
     notify.job_changed(job_id)
 
 
+# Coder's LogSource values; a daemon's own label for a line is read as the provisioner's.
+LOG_SOURCES = {"provisioner_daemon", "provisioner"}
+
+
 def log_json(entry: ProvisionerJobLog) -> dict[str, Any]:
+    """A line as Coder's `ProvisionerJobLog`, for the JSON list and the follow websocket alike."""
     return {
         "id": entry.id,
         "created_at": iso(entry.created_at),
-        "log_source": entry.source,
-        "level": entry.level,
+        "log_source": entry.source if entry.source in LOG_SOURCES else "provisioner",
+        "log_level": entry.level,
         "stage": entry.stage,
         "output": entry.output,
     }

@@ -142,8 +142,13 @@ def test_it_deletes_a_workspace_when_its_delete_build_succeeds(owner, member, ap
     from provisioner.models import ProvisionerJob
 
     finish_job(ProvisionerJob.objects.get(pk=r.json()["job"]["id"]))
-    assert api.get(f"workspaces/{ws.id}").status_code == 404
-    assert api.get(f"workspaces/{ws.id}?include_deleted=true").json()["deleted"] is True
+    gone = api.get(f"workspaces/{ws.id}")
+    assert gone.status_code == 410 and "include_deleted=true" in gone.json()["message"]  # as Coder
+    deleted = api.get(f"workspaces/{ws.id}?include_deleted=true").json()
+    assert deleted["deleted"] is True and deleted["latest_build"]["status"] == "deleted"
+    assert api.get("users/me/workspace/gone").status_code == 404
+    assert api.get("users/me/workspace/gone?include_deleted=true").json()["id"] == str(ws.id)
+    assert api.post(f"workspaces/{ws.id}/builds", {"transition": "start"}).status_code == 410
     listed = api.get("workspaces?q=deleted:true").json()["workspaces"]
     assert [(w["id"], w["deleted"]) for w in listed] == [(str(ws.id), True)]
     # The name is free again.

@@ -159,7 +159,7 @@ def test_it_filters_workspaces_with_q(owner, member, api_as, echo_template, work
     assert ids("owner:member") == [str(a.id)]
     assert ids("owner:me") == [str(b.id), str(c.id)]
     assert ids("template:other") == [str(c.id)]
-    assert ids("status:succeeded") == [str(c.id)]
+    assert ids("status:running") == [str(c.id)]  # Coder's workspace status: its start succeeded
     assert set(ids("status:pending")) == {str(a.id), str(b.id)}
     assert ids("name:amm") == [str(c.id)]
     assert ids("owner:me%20name:bet") == [str(b.id)]
@@ -225,7 +225,9 @@ def test_it_returns_logs_in_order_and_after_an_id(owner, api_as, workspace_for):
     api = api_as(owner)
     logs = api.get(f"workspacebuilds/{ws.latest_build_id}/logs").json()
     assert [entry["output"] for entry in logs] == ["line 0", "line 1", "line 2"]
-    assert set(logs[0]) >= {"id", "created_at", "level", "stage", "output"}
+    # Coder's ProvisionerJobLog, field for field.
+    assert set(logs[0]) == {"id", "created_at", "log_source", "log_level", "stage", "output"}
+    assert (logs[0]["log_source"], logs[0]["log_level"]) == ("provisioner", "info")
     after = api.get(f"workspacebuilds/{ws.latest_build_id}/logs?after={lines[0].id}").json()
     assert [entry["output"] for entry in after] == ["line 1", "line 2"]
 

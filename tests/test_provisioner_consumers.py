@@ -74,7 +74,8 @@ async def test_it_streams_build_logs_backlog_then_live_and_closes_at_the_end(own
     assert [m["output"] for m in messages] == LINES
     ids = [m["id"] for m in messages]
     assert ids == sorted(set(ids))
-    assert set(messages[0]) >= {"id", "created_at", "level", "stage", "output"}
+    # The same shape as the JSON list: Coder's ProvisionerJobLog.
+    assert set(messages[0]) == {"id", "created_at", "log_source", "log_level", "stage", "output"}
 
     # A follower arriving after the end gets the backlog (or what is after `after`) and a close.
     late = communicator(f"/api/v2/workspacebuilds/{build_id}/logs?follow&after={ids[2]}", token)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from ninja import Schema
 from pydantic import ConfigDict, Field
 
+from coderd.shapes import or_zero_time
 from coderd.users.models import Organization, Role, User
 
 
@@ -95,17 +96,21 @@ class RoleOut(Schema):
 
 
 class UserOut(Schema):
+    """Coder's `codersdk.User`."""
+
     id: uuid.UUID
     username: str
-    email: str
     name: str
-    status: str
-    roles: list[RoleOut]
-    organization_ids: list[uuid.UUID]
+    avatar_url: str
+    email: str
     created_at: datetime
     updated_at: datetime
-    last_seen_at: datetime | None
-    login_type: str = "password"
+    last_seen_at: datetime = Field(description="0001-01-01T00:00:00Z (Go's zero time) until first seen.")
+    status: Literal["active", "dormant", "suspended"]
+    login_type: Literal["password"]
+    theme_preference: str
+    organization_ids: list[uuid.UUID]
+    roles: list[RoleOut]
 
 
 class UsersList(Schema):
@@ -114,13 +119,17 @@ class UsersList(Schema):
 
 
 class OrganizationOut(Schema):
+    """Coder's `codersdk.Organization`."""
+
     id: uuid.UUID
     name: str
     display_name: str
+    icon: str
     description: str
-    is_default: bool
     created_at: datetime
     updated_at: datetime
+    is_default: bool
+    default_org_member_roles: list[str]
 
 
 _ROLE_NAMES = dict(Role.choices)
@@ -132,15 +141,18 @@ def user_json(user: User, organization_ids: list[Any] | None = None) -> dict[str
     return {
         "id": user.id,
         "username": user.username,
-        "email": user.email,
         "name": user.name,
-        "status": user.status,
-        # Coder lists the site roles; `member` is implicit there too.
-        "roles": [{"name": r, "display_name": _ROLE_NAMES.get(r, r)} for r in user.roles],
-        "organization_ids": organization_ids,
+        "avatar_url": "",
+        "email": user.email,
         "created_at": user.created_at,
         "updated_at": user.updated_at,
-        "last_seen_at": user.last_seen_at,
+        "last_seen_at": or_zero_time(user.last_seen_at),
+        "status": user.status,
+        "login_type": "password",
+        "theme_preference": "",
+        "organization_ids": organization_ids,
+        # Coder lists the site roles; `member` is implicit there too.
+        "roles": [{"name": r, "display_name": _ROLE_NAMES.get(r, r)} for r in user.roles],
     }
 
 
@@ -149,8 +161,10 @@ def organization_json(org: Organization) -> dict[str, Any]:
         "id": org.id,
         "name": org.name,
         "display_name": org.display_name,
+        "icon": "",
         "description": org.description,
-        "is_default": org.is_default,
         "created_at": org.created_at,
         "updated_at": org.updated_at,
+        "is_default": org.is_default,
+        "default_org_member_roles": [],
     }

@@ -201,8 +201,6 @@ def create_user(actor: User, email: str, username: str, password: str, roles: It
 def _check_can_change_status(actor: User, user: User, verb: str) -> None:
     if not auth.can_manage_users(actor):
         raise Forbidden(f"Only owners and user admins can {verb} users.")
-    if user.pk == actor.pk:
-        raise BadRequest(f"You cannot {verb} yourself.")
     if auth.is_owner(user) and not auth.is_owner(actor):
         raise Forbidden(f"Only owners can {verb} an owner.")
 
@@ -210,6 +208,9 @@ def _check_can_change_status(actor: User, user: User, verb: str) -> None:
 @audited(Action.WRITE, target="user")
 def suspend_user(actor: User, user: User) -> User:
     _check_can_change_status(actor, user, "suspend")
+    if user.pk == actor.pk:
+        # As Coder (400, coderd/users.go putUserStatus): you would lock yourself out.
+        raise BadRequest("You cannot suspend yourself.")
     User.objects.filter(pk=user.pk).update(status=UserStatus.SUSPENDED, updated_at=timezone.now())
     user.refresh_from_db()
     return user
@@ -227,6 +228,8 @@ def activate_user(actor: User, user: User) -> User:
 def delete_user(actor: User, user: User) -> None:
     """Soft delete, as Coder: the row stays for history; its keys go. Refused while it owns workspaces."""
     _check_can_change_status(actor, user, "delete")
+    if user.pk == actor.pk:
+        raise Forbidden("You cannot delete yourself!")  # as Coder: 403
     with transaction.atomic():
         # Under the user's row lock, which creating a workspace takes too (see create_workspace).
         User.objects.select_for_update().filter(pk=user.pk).first()

@@ -15,17 +15,20 @@ from django.utils import timezone
 from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
-from coderd.errors import BadRequest, NotFound
+from coderd.errors import BadRequest, Gone, NotFound
 from coderd.pagination import Page
 from coderd.users import auth
 from coderd.users.api import ERRORS, actor, visible_organization
 from coderd.users.models import OrganizationMember, User
-from coderd.users.schemas import Message
+from coderd.users.schemas import ErrorOut, Message
 from coderd.users.services import MAX_REF_LENGTH, user_by_ref
 from coderd.workspaces import services
 from coderd.workspaces.models import Template, TemplateVersion, Workspace, WorkspaceBuild
+from coderd.workspaces.responses import with_active_user_count
 from coderd.workspaces.schemas import (
     BUILD_RELATED,
+    TEMPLATE_RELATED,
+    VERSION_RELATED,
     WORKSPACE_RELATED,
     BuildOut,
     CreateBuildRequest,
@@ -42,7 +45,7 @@ from coderd.workspaces.schemas import (
     template_version_json,
     workspace_json,
 )
-from provisioner.models import JobStatus, status_expression
+from coderd.workspaces.status import WorkspaceStatus, workspace_status_expression
 
 router = Router()
 
@@ -58,24 +61,32 @@ def _in_organization(user: User, organization_id: Any) -> bool:
 
 
 def get_template(request: HttpRequest, template_id: uuid.UUID) -> Template:
-    template = Template.objects.select_related("created_by").filter(pk=template_id, deleted=False).first()
+    template = (
+        Template.objects.select_related(*TEMPLATE_RELATED).filter(pk=template_id, deleted=False).first()
+    )
     if template is None or not _in_organization(actor(request), template.organization_id):
         raise NotFound("Template not found.")
     return template
 
 
 def get_template_version(request: HttpRequest, version_id: uuid.UUID) -> TemplateVersion:
-    version = TemplateVersion.objects.select_related("job", "created_by").filter(pk=version_id).first()
+    version = TemplateVersion.objects.select_related(*VERSION_RELATED).filter(pk=version_id).first()
     if version is None or not _in_organization(actor(request), version.organization_id):
         raise NotFound("Template version not found.")
     return version
 
 
-def get_workspace(request: HttpRequest, workspace_id: uuid.UUID, include_deleted: bool = False) -> Workspace:
-    workspaces = Workspace.objects.select_related(*WORKSPACE_RELATED).filter(pk=workspace_id)
-    ws = (workspaces if include_deleted else workspaces.filter(deleted=False)).first()
+def get_workspace(request: HttpRequest, workspace_id: uuid.UUID, include_deleted: bool = True) -> Workspace:
+    """A workspace this caller may read, deleted ones included (as Coder's workspace parameter);
+    with `include_deleted=False`, a deleted one is 410 Gone, as Coder's GET of a workspace."""
+    ws = Workspace.objects.select_related(*WORKSPACE_RELATED).filter(pk=workspace_id).first()
     if ws is None or not auth.can_read_workspace(actor(request), ws):
         raise NotFound("Workspace not found.")
+    if ws.deleted and not include_deleted:
+        raise Gone(
+            f"Workspace {str(ws.id)!r} was deleted, you can view this workspace by specifying "
+            "'?include_deleted=true' and trying again."
+        )
     return ws
 
 
@@ -159,8 +170,7 @@ def create_template(request: HttpRequest, organization: str, req: CreateTemplate
         Template.objects.filter(pk=template.pk).update(
             display_name=req.display_name, description=req.description
         )
-        template.refresh_from_db()
-    return Status(201, template_json(template))
+    return Status(201, template_json(Template.objects.select_related(*TEMPLATE_RELATED).get(pk=template.pk)))
 
 
 @router.get(
@@ -171,7 +181,8 @@ def create_template(request: HttpRequest, organization: str, req: CreateTemplate
 )
 def list_templates(request: HttpRequest, organization: str, page: Query[Page]) -> Any:
     org = visible_organization(request, organization)
-    templates = Template.objects.select_related("created_by").filter(organization=org, deleted=False)
+    templates = Template.objects.select_related(*TEMPLATE_RELATED).filter(organization=org, deleted=False)
+    templates = with_active_user_count(templates)
     return [template_json(t) for t in page.apply(templates.order_by("name", "id"))]
 
 
@@ -185,7 +196,11 @@ def get_template_by_name(request: HttpRequest, organization: str, templatename: 
     org = visible_organization(request, organization)
     if len(templatename) > MAX_REF_LENGTH:
         raise NotFound("Template not found.")
-    template = Template.objects.filter(organization=org, name__iexact=templatename, deleted=False).first()
+    template = (
+        Template.objects.select_related(*TEMPLATE_RELATED)
+        .filter(organization=org, name__iexact=templatename, deleted=False)
+        .first()
+    )
     if template is None:
         raise NotFound("Template not found.")
     return template_json(template)
@@ -220,7 +235,7 @@ def delete_template(request: HttpRequest, template: uuid.UUID) -> Any:
 )
 def list_template_versions(request: HttpRequest, template: uuid.UUID, page: Query[Page]) -> Any:
     tmpl = get_template(request, template)
-    versions = tmpl.versions.select_related("job", "created_by").order_by("created_at", "id")
+    versions = tmpl.versions.select_related(*VERSION_RELATED).order_by("created_at", "id")
     return [template_version_json(v) for v in page.apply(versions)]
 
 
@@ -265,7 +280,7 @@ class WorkspaceFilter(Schema):
         "",
         max_length=1024,
         description="Space-separated key:value terms: owner:<username|me>, name:<substring>, "
-        "template:<name>, status:<job status of the latest build>, deleted:true.",
+        "template:<name>, status:<workspace status, as a build's `status`>, deleted:true.",
     )
 
 
@@ -305,16 +320,18 @@ def _filter_workspaces(user: User, q: str) -> QuerySet:
     if "template" in terms:
         workspaces = workspaces.filter(template__name__iexact=terms["template"])
     if "status" in terms:
-        if terms["status"] not in JobStatus.values:
+        # Coder's workspace status (the latest build's), not its job's.
+        if terms["status"] not in WorkspaceStatus.values:
             raise BadRequest(
                 "Invalid workspace search query.",
                 validations=[
-                    {"field": "q", "detail": f"status must be one of {', '.join(JobStatus.values)}."}
+                    {"field": "q", "detail": f"status must be one of {', '.join(WorkspaceStatus.values)}."}
                 ],
             )
-        workspaces = workspaces.annotate(
-            latest_status=status_expression(timezone.now(), prefix="latest_build__job__")
-        ).filter(latest_status=terms["status"])
+        status = workspace_status_expression(
+            timezone.now(), transition="latest_build__transition", job_prefix="latest_build__job__"
+        )
+        workspaces = workspaces.annotate(latest_status=status).filter(latest_status=terms["status"])
     return workspaces.order_by("owner__username", "name", "id")
 
 
@@ -328,7 +345,7 @@ def list_workspaces(request: HttpRequest, filters: Query[WorkspaceFilter], page:
 
 @router.get(
     "/workspaces/{uuid:workspace}",
-    response={200: WorkspaceOut, **ERRORS},
+    response={200: WorkspaceOut, 410: ErrorOut, **ERRORS},
     tags=["Workspaces"],
     summary="Get workspace",
 )
@@ -342,7 +359,9 @@ def get_workspace_view(request: HttpRequest, workspace: uuid.UUID, filters: Quer
     tags=["Workspaces"],
     summary="Get workspace by owner and name",
 )
-def get_workspace_by_name(request: HttpRequest, user: str, workspacename: str) -> Any:
+def get_workspace_by_name(
+    request: HttpRequest, user: str, workspacename: str, filters: Query[WorkspaceGet]
+) -> Any:
     caller = actor(request)
     try:
         owner = user_by_ref(caller, user)
@@ -350,11 +369,13 @@ def get_workspace_by_name(request: HttpRequest, user: str, workspacename: str) -
         raise NotFound("Workspace not found.") from None
     if len(workspacename) > MAX_REF_LENGTH:
         raise NotFound("Workspace not found.")
-    ws = (
-        Workspace.objects.select_related(*WORKSPACE_RELATED)
-        .filter(owner=owner, name__iexact=workspacename, deleted=False)
-        .first()
+    named = Workspace.objects.select_related(*WORKSPACE_RELATED).filter(
+        owner=owner, name__iexact=workspacename
     )
+    ws = named.filter(deleted=False).first()
+    if ws is None and filters.include_deleted:
+        # As Coder: the most recently deleted workspace of that name.
+        ws = named.order_by("-updated_at", "-id").first()
     if ws is None or not auth.can_read_workspace(caller, ws):
         raise NotFound("Workspace not found.")
     return workspace_json(ws)
@@ -365,12 +386,12 @@ def get_workspace_by_name(request: HttpRequest, user: str, workspacename: str) -
 
 @router.post(
     "/workspaces/{uuid:workspace}/builds",
-    response={201: BuildOut, **ERRORS},
+    response={201: BuildOut, 410: ErrorOut, **ERRORS},
     tags=["Builds"],
     summary="Create a workspace build",
 )
 def create_build(request: HttpRequest, workspace: uuid.UUID, req: CreateBuildRequest) -> Any:
-    ws = get_workspace(request, workspace)
+    ws = get_workspace(request, workspace, include_deleted=False)
     build = services.create_build(actor(request), ws, req.transition)
     return Status(201, build_json(WorkspaceBuild.objects.select_related(*BUILD_RELATED).get(pk=build.pk)))
 
@@ -384,7 +405,7 @@ def create_build(request: HttpRequest, workspace: uuid.UUID, req: CreateBuildReq
 def list_builds(request: HttpRequest, workspace: uuid.UUID, page: Query[Page]) -> Any:
     ws = get_workspace(request, workspace)
     builds = (
-        WorkspaceBuild.objects.select_related("job", "template_version", "initiator")
+        WorkspaceBuild.objects.select_related("job__worker", "template_version", "initiator")
         .filter(workspace=ws)
         .order_by("-build_number")
     )
