@@ -266,3 +266,15 @@ def test_it_records_admin_logins_and_logouts(owner: Any) -> None:
     assert_row(only_row(status_code=302), owner, "login", "api_key", owner.pk, 302)
     assert client.post("/admin/logout/").status_code == 200
     assert_row(only_row(action="logout"), owner, "logout", "api_key", owner.pk, 200)
+
+
+def test_it_records_a_password_changed_on_the_admins_own_page(admin_client: Client, owner: Any) -> None:
+    AuditLog.objects.all().delete()
+    form = {"old_password": "wrong", "new_password1": "a-new-passphrase", "new_password2": "a-new-passphrase"}
+    assert admin_client.post("/admin/password_change/", form).status_code == 200  # refused by the form
+    assert AuditLog.objects.count() == 0
+    response = admin_client.post("/admin/password_change/", {**form, "old_password": PASSWORD})
+    assert response.status_code == 302
+    row = only_row()
+    assert_row(row, owner, "write", "user", owner.pk, 200)
+    assert row.diff == {"password": {"old": "", "new": "", "secret": True}}

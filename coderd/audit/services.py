@@ -114,7 +114,7 @@ def snapshot(obj: Any) -> dict[str, Any] | None:
 
 def fresh(obj: Any) -> Any:
     """The object as stored now (None once deleted): callers' copies are not always refreshed."""
-    return type(obj)._default_manager.filter(pk=obj.pk).first()
+    return obj._meta.model._default_manager.filter(pk=obj.pk).first()  # also through a lazy request.user
 
 
 def diff(spec: Spec, before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
