@@ -278,3 +278,37 @@ def test_it_records_a_password_changed_on_the_admins_own_page(admin_client: Clie
     row = only_row()
     assert_row(row, owner, "write", "user", owner.pk, 200)
     assert row.diff == {"password": {"old": "", "new": "", "secret": True}}
+
+
+def test_it_records_organization_members_changed_inline(
+    admin_client: Client, owner: Any, member: Any, auditor: Any, org: Any
+) -> None:
+    import json
+
+    url = f"/admin/users/organization/{org.pk}/change/"
+    formset = admin_client.get(url).context["inline_admin_formsets"][0].formset
+    prefix = formset.prefix
+    data: dict[str, Any] = {
+        "name": org.name, "display_name": org.display_name, "description": org.description,
+        f"{prefix}-TOTAL_FORMS": len(formset.forms), f"{prefix}-INITIAL_FORMS": len(formset.forms),
+        f"{prefix}-MIN_NUM_FORMS": 0, f"{prefix}-MAX_NUM_FORMS": 1000,
+    }  # fmt: skip
+    for i, form in enumerate(formset.forms):
+        membership = form.instance
+        data.update({
+            f"{prefix}-{i}-id": membership.pk, f"{prefix}-{i}-organization": org.pk,
+            f"{prefix}-{i}-user": membership.user_id, f"{prefix}-{i}-roles": json.dumps(membership.roles),
+        })  # fmt: skip
+        if membership.user_id == member.pk:
+            data[f"{prefix}-{i}-roles"] = json.dumps(["organization-admin"])
+        if membership.user_id == auditor.pk:
+            data[f"{prefix}-{i}-DELETE"] = "on"
+    AuditLog.objects.all().delete()
+    response = admin_client.post(url, data)
+    assert response.status_code == 302, response.context["errors"] if response.context else response
+    changed = only_row(action="write", resource_type="organization_member")
+    assert_row(changed, owner, "write", "organization_member", member.pk, 200)
+    assert (changed.resource_target, changed.organization_id) == ("member", org.pk)
+    assert changed.diff == {"roles": {"old": [], "new": ["organization-admin"], "secret": False}}
+    removed = only_row(action="delete")
+    assert_row(removed, owner, "delete", "organization_member", auditor.pk, 200)

@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
 
 from coderd.audit.models import Action, AuditLog
-from coderd.audit.services import fresh, record_change, snapshot
+from coderd.audit.services import SPECS, fresh, record_change, snapshot
 
 
 class AuditedModelAdmin(admin.ModelAdmin):
@@ -38,6 +38,26 @@ class AuditedModelAdmin(admin.ModelAdmin):
         super().delete_model(request, obj)
         obj.pk = pk  # Django clears it on delete; the row names what was deleted
         record_change(Action.DELETE, obj, actor=request.user, before=before, after=None)
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        # Inline rows (an organization's members): the database still holds their old values here.
+        befores = {
+            id(f.instance): (f.instance.pk, snapshot(fresh(f.instance)))
+            for f in formset.initial_forms
+            if f.instance.pk is not None and f.instance._meta.label in SPECS
+        }
+        super().save_formset(request, form, formset, change)
+        for obj in formset.new_objects:
+            if obj._meta.label in SPECS:
+                record_change(Action.CREATE, obj, actor=request.user, status=201)
+        for obj, _fields in formset.changed_objects:
+            # Django counts a row as changed when its form text differs (JSON spacing): only real changes.
+            if id(obj) in befores and snapshot(fresh(obj)) != befores[id(obj)][1]:
+                record_change(Action.WRITE, obj, actor=request.user, before=befores[id(obj)][1])
+        for obj in formset.deleted_objects:
+            if id(obj) in befores:
+                obj.pk, before = befores[id(obj)]  # Django clears the pk on delete
+                record_change(Action.DELETE, obj, actor=request.user, before=before, after=None)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
         # One by one, so each deletion has its row (Django's default is one bulk DELETE).
