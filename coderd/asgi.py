@@ -28,12 +28,20 @@ from django.urls import re_path
 from coderd.routing import websocket_urlpatterns
 from coderd.ws_notfound import RefusalMiddleware, allowed_hosts_origin_check, not_found, quiet_uvicorn_denials
 from metrics.asgi import MetricsWebsocketMiddleware
+from metrics.middleware import StaticFilesMetrics
 
 
 class StaticFilesHandler(ASGIStaticFilesHandler):
     """Django's handler, but a path that climbs out of the static folders (`/static/../x`) is a 404:
     Django's `safe_join` raises SuspiciousFileOperation there, which its handler lets escape as a 500
     with a traceback (it only turns Http404 into a response)."""
+
+    async def get_response_async(self, request):
+        # Counted by the metrics with legacy names off (path="STATIC"), as today's Coder does.
+        metered = self.__dict__.get("_metered")
+        if metered is None:
+            metered = self._metered = StaticFilesMetrics(super().get_response_async)
+        return await metered(request)
 
     def serve(self, request):
         try:

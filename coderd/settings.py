@@ -214,6 +214,8 @@ PROMETHEUS_LEGACY_METRICS = env_bool("CODER_PROMETHEUS_LEGACY_METRICS", True)
 PROMETHEUS_REFRESH_INTERVAL = env_duration("CODER_PROMETHEUS_REFRESH_INTERVAL", "60s")
 # /metrics on the main port without authentication (the listener never asks for any).
 PROMETHEUS_PUBLIC = env_bool("CODER_PROMETHEUS_PUBLIC", False)
+# coderd_db_query_* (metrics/dbquery.py): a few µs on every query (docs/benchmarks.md).
+PROMETHEUS_COLLECT_DB_METRICS = env_bool("CODER_PROMETHEUS_COLLECT_DB_METRICS", True)
 # django-prometheus's database wrappers: django_db_* query counters and latencies (a small cost on
 # every query, so off unless asked for).
 PROMETHEUS_DJANGO_DB_METRICS = env_bool("CODER_PROMETHEUS_DJANGO_DB_METRICS", False)

@@ -15,6 +15,7 @@ import asyncio
 import time
 
 from metrics import runtime
+from metrics.dbquery import current_origin
 from metrics.routes import WebsocketRoutes
 
 
@@ -22,32 +23,36 @@ class MetricsWebsocketMiddleware:
     def __init__(self, app, patterns: list | None = None) -> None:
         self.app = app
         self._patterns = patterns
-        self._routes: WebsocketRoutes | None = None
+        self._routes: dict[bool, WebsocketRoutes] = {}  # by legacy setting: unmatched is "" or not
 
-    def _route(self, path: str) -> str:
-        if self._routes is None:
+    def _route(self, path: str, legacy: bool) -> str:
+        routes = self._routes.get(legacy)
+        if routes is None:
             patterns = self._patterns
             if patterns is None:  # read late: apps add their routes when their modules load
                 from coderd.routing import websocket_urlpatterns as patterns
-            self._routes = WebsocketRoutes(patterns)
-        return self._routes.resolve(path)
+            routes = self._routes[legacy] = WebsocketRoutes(patterns, legacy=legacy)
+        return routes.resolve(path)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "websocket":
             return await self.app(scope, receive, send)
         state = runtime.current()
         metrics = state.metrics
-        path = self._route(scope.get("path", ""))
+        path = self._route(scope.get("path", ""), metrics.legacy)
+        gauge = metrics.websocket_gauge(path)
         start = time.perf_counter()
         code = 0
         accepted = False
+        # The consumer's database queries are counted under this route.
+        origin = current_origin.set((path, "GET"))
 
         async def counting_send(message):
             nonlocal code, accepted
             kind = message["type"]
             if kind == "websocket.accept" and not accepted:
                 accepted, code = True, 101
-                metrics.concurrent_websockets.inc()
+                gauge.inc()
             elif kind == "websocket.close" and not accepted and code == 0:
                 code = 403
             elif kind == "websocket.http.response.start" and code == 0:
@@ -61,8 +66,9 @@ class MetricsWebsocketMiddleware:
                 code = 500
             raise
         finally:
+            current_origin.reset(origin)
             if accepted:
-                metrics.concurrent_websockets.dec()
+                gauge.dec()
             metrics.observe_websocket(path, code, time.perf_counter() - start if accepted else None)
             if state.asyncio_tasks_gauge is None:
                 state.note_loop(asyncio.get_running_loop())

@@ -3,7 +3,9 @@
 Under ASGI Django calls it as a coroutine (no thread hop); under WSGI or the test client, plainly.
 The in-flight gauge is raised before the rest of the chain and lowered in `finally`, so a view that
 raises, a timeout or a client that leaves still lowers it. The `path` label is the route pattern
-(`metrics.routes`), known only once the URL resolver has run, so it is read after the response.
+(`metrics.routes`): with legacy names on, the gauge has no label and the route is read from Django's
+own resolution after the response; with them off, the gauge is labelled, so the route is resolved
+before the chain runs (as today's Coder does), `UNKNOWN`/`STATIC` when none matches.
 The code is the status sent; 500 when an exception escapes the chain (the server answers 500); 0
 when the request was cancelled because the client went away before anything was sent.
 """
@@ -17,7 +19,8 @@ import time
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
 from metrics import runtime
-from metrics.routes import http_route
+from metrics.dbquery import current_origin
+from metrics.routes import http_route, resolve_route
 
 _TASKS_UPDATE_SECONDS = 1.0
 # One line per request (method, route, status, duration): DEBUG when it went well, WARNING for a 5xx,
@@ -47,7 +50,9 @@ class PrometheusMiddleware:
             return self.__acall__(request)
         state = runtime.current()
         metrics = state.metrics
-        metrics.concurrent_requests.inc()
+        gauge = _begin(metrics, request)
+        gauge.inc()
+        origin = current_origin.set(request)
         start = time.perf_counter()
         code = 500
         try:
@@ -55,13 +60,16 @@ class PrometheusMiddleware:
             code = response.status_code
             return response
         finally:
-            metrics.concurrent_requests.dec()
+            gauge.dec()
+            current_origin.reset(origin)
             _record(metrics, request, code, time.perf_counter() - start)
 
     async def __acall__(self, request):
         state = runtime.current()
         metrics = state.metrics
-        metrics.concurrent_requests.inc()
+        gauge = _begin(metrics, request)
+        gauge.inc()
+        origin = current_origin.set(request)
         start = time.perf_counter()
         code = 500
         try:
@@ -72,17 +80,46 @@ class PrometheusMiddleware:
             code = 0  # Django cancels the view when the client disconnects
             raise
         finally:
-            metrics.concurrent_requests.dec()
+            gauge.dec()
+            current_origin.reset(origin)
             _record(metrics, request, code, time.perf_counter() - start)
             _note_loop(state)
 
 
+def _begin(metrics, request):
+    """Label the request (its method; with legacy names off, its route now, as today's Coder does
+    before the handler) and return the concurrency gauge it raises."""
+    method = request.metrics_method = _method(request)
+    if metrics.legacy:
+        request.metrics_route = None  # read from Django's resolution, after the handler
+        return metrics.request_gauge(method, "")
+    route = request.metrics_route = resolve_route(request)
+    return metrics.request_gauge(method, route)
+
+
 def _record(metrics, request, code: int, seconds: float) -> None:
-    method, route = _method(request), http_route(request)
+    method, route = request.metrics_method, request.metrics_route
+    if route is None:
+        route = http_route(request)
     metrics.observe_request(method, route, code, seconds)
     level = logging.WARNING if code >= 500 else logging.DEBUG
     if request_log.isEnabledFor(level):
         request_log.log(level, "%s %s %s %.1fms", method, route or request.path, code, seconds * 1000)
+
+
+class StaticFilesMetrics:
+    """Static files are served before Django's middleware (coderd/asgi.py). Legacy names on: not
+    counted, as in the 2022 scrape. Off: counted as `path="STATIC"`, as today's Coder counts its
+    own static files; `get_response` is the static handler's own."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+        self.metered = PrometheusMiddleware(get_response)
+
+    async def __call__(self, request):
+        if runtime.current().metrics.legacy:
+            return await self.get_response(request)
+        return await self.metered(request)
 
 
 def _note_loop(state: runtime.MetricsState) -> None:

@@ -53,18 +53,27 @@ class MetricsJobObserver:
         if m.job_timings_ms is not None:
             m.job_timings_ms.labels(provisioner, status).observe(seconds * 1000.0)
         if build is not None:
+            # Both as Coder's provisionerdserver labels them: START, STOP, DESTROY.
+            transition = BUILD_TRANSITION_LABEL.get(build.transition, build.transition.upper())
             m.workspace_builds.labels(
                 build.workspace_owner,
                 build.workspace_name,
                 build.template_name,
                 build.template_version,
-                BUILD_TRANSITION_LABEL.get(build.transition, build.transition.upper()),
+                transition,
                 status,
             ).inc()
             m.workspace_build_timings_seconds.labels(
-                build.template_name, build.template_version, build.transition, status
+                build.template_name, build.template_version, transition, status
             ).observe(seconds)
         self._changed()
+
+    def job_acquired(
+        self, provisioner: str, job_type: str, transition: str, build_reason: str, waited: float
+    ) -> None:
+        self.metrics.job_queue_wait.labels(provisioner, job_type, transition, build_reason).observe(
+            max(waited, 0.0)
+        )
 
     def daemon_started(self) -> None:
         self.metrics.num_daemons.inc()

@@ -35,6 +35,10 @@ def _seconds(buckets_ms: tuple[float, ...]) -> tuple[float, ...]:
 REQUEST_LATENCY_S_BUCKETS = _seconds(REQUEST_LATENCY_MS_BUCKETS)
 WEBSOCKET_DURATION_S_BUCKETS = _seconds(WEBSOCKET_DURATION_MS_BUCKETS)
 JOB_TIMING_S_BUCKETS = _seconds(JOB_TIMING_MS_BUCKETS)
+# coderd/provisionerdserver/metrics.go's jobQueueWait.
+QUEUE_WAIT_S_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 900, 1800)
+# prometheus.DefBuckets, which coderd/database/dbmetrics/querymetrics.go uses.
+DB_QUERY_S_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 # HELP texts, exactly as Coder writes them (the two provisionerd ones as Coder filled them in).
 HELP = {
@@ -56,8 +60,20 @@ HELP = {
     "coderd_workspace_builds_total": "The number of workspaces started, updated, or deleted.",
     "coderd_workspace_latest_build_status": "The current workspace statuses by template, transition, and owner.",
     "coderd_provisionerd_workspace_build_timings_seconds": "The time taken for a workspace to build.",
+    "coderd_provisioner_job_queue_wait_seconds": "Time from job creation to acquisition by a provisioner daemon.",
+    "coderd_workspace_creation_total": (
+        "Total regular (non-prebuilt) workspace creations by organization, template, and preset."
+    ),
+    "coderd_db_query_latencies_seconds": "Latency distribution of queries in seconds.",
+    "coderd_db_query_counts_total": "Total number of queries labelled by HTTP route, method, and query name.",
     "promhttp_metric_handler_requests_in_flight": "Current number of scrapes being served.",
     "promhttp_metric_handler_requests_total": "Total number of scrapes by HTTP status code.",
+}
+
+# Today's Coder (legacy names off) labels the two concurrency gauges, and ends their HELP with a period.
+CURRENT_HELP = {
+    "coderd_api_concurrent_requests": "The number of concurrent API requests.",
+    "coderd_api_concurrent_websockets": "The total number of concurrent API websockets.",
 }
 
 # The families of METRICS.md §1 that `--prometheus-legacy-metrics=false` turns off.
@@ -95,10 +111,48 @@ class CoderMetrics:
     workspace_build_timings_seconds: Histogram
     scrapes: Counter
     scrapes_in_flight: Gauge
+    job_queue_wait: Histogram
+    db_query_latencies: Histogram
+    db_query_counts: Counter
 
     # (code, method, path) -> the three children it updates. `labels()` takes a lock and builds a
     # key at each call; the set of keys is bounded by routes x methods x codes.
     _request_children: dict = field(default_factory=dict, repr=False)
+    # Legacy off: (method, path) / path -> the concurrency gauge's child.
+    _concurrent_children: dict = field(default_factory=dict, repr=False)
+    # query -> latency child; (route, method, query) -> count child. Bounded like their labels.
+    _query_latency_children: dict = field(default_factory=dict, repr=False)
+    _query_count_children: dict = field(default_factory=dict, repr=False)
+
+    def request_gauge(self, method: str, path: str):
+        """What an HTTP request in flight raises: the bare gauge (legacy names), else its child."""
+        if self.legacy:
+            return self.concurrent_requests
+        child = self._concurrent_children.get((method, path))
+        if child is None:
+            child = self._concurrent_children[(method, path)] = self.concurrent_requests.labels(method, path)
+        return child
+
+    def websocket_gauge(self, path: str):
+        """What an open websocket raises: the bare gauge (legacy names), else its child."""
+        if self.legacy:
+            return self.concurrent_websockets
+        child = self._concurrent_children.get(path)
+        if child is None:
+            child = self._concurrent_children[path] = self.concurrent_websockets.labels(path)
+        return child
+
+    def observe_query(self, query: str, route: str, method: str, seconds: float) -> None:
+        """One database query: its latency by name, its count by the HTTP route that made it."""
+        latency = self._query_latency_children.get(query)
+        if latency is None:
+            latency = self._query_latency_children[query] = self.db_query_latencies.labels(query)
+        latency.observe(seconds)
+        key = (route, method, query)
+        count = self._query_count_children.get(key)
+        if count is None:
+            count = self._query_count_children[key] = self.db_query_counts.labels(route, method, query)
+        count.inc()
 
     def observe_request(self, method: str, path: str, code: int, seconds: float) -> None:
         """One finished HTTP request (the middleware's whole bookkeeping after the handler)."""
@@ -133,7 +187,8 @@ def build_metrics(registry: CollectorRegistry, *, legacy: bool = True) -> CoderM
 
     def gauge(name: str, labels: tuple[str, ...] = ()) -> Gauge:
         # livesum: under several workers the sum over live ones; a dead worker's share vanishes.
-        return Gauge(name, HELP[name], labels, registry=registry, multiprocess_mode="livesum")
+        help_text = HELP[name] if legacy else CURRENT_HELP.get(name, HELP[name])
+        return Gauge(name, help_text, labels, registry=registry, multiprocess_mode="livesum")
 
     def legacy_histogram(name: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> Histogram | None:
         return histogram(name, labels, buckets) if legacy else None
@@ -142,8 +197,9 @@ def build_metrics(registry: CollectorRegistry, *, legacy: bool = True) -> CoderM
     metrics = CoderMetrics(
         registry=registry,
         legacy=legacy,
-        concurrent_requests=gauge("coderd_api_concurrent_requests"),
-        concurrent_websockets=gauge("coderd_api_concurrent_websockets"),
+        # Today's Coder labels them (coderd/httpmw/prometheus.go); the 2022 scrape has none.
+        concurrent_requests=gauge("coderd_api_concurrent_requests", () if legacy else ("method", "path")),
+        concurrent_websockets=gauge("coderd_api_concurrent_websockets", () if legacy else ("path",)),
         requests_processed=Counter(
             "coderd_api_requests_processed_total",
             HELP["coderd_api_requests_processed_total"],
@@ -193,6 +249,18 @@ def build_metrics(registry: CollectorRegistry, *, legacy: bool = True) -> CoderM
             registry=registry,
         ),
         scrapes_in_flight=gauge("promhttp_metric_handler_requests_in_flight"),
+        job_queue_wait=histogram(
+            "coderd_provisioner_job_queue_wait_seconds",
+            ("provisioner_type", "job_type", "transition", "build_reason"),
+            QUEUE_WAIT_S_BUCKETS,
+        ),
+        db_query_latencies=histogram("coderd_db_query_latencies_seconds", ("query",), DB_QUERY_S_BUCKETS),
+        db_query_counts=Counter(
+            "coderd_db_query_counts_total",
+            HELP["coderd_db_query_counts_total"],
+            ("route", "method", "query"),
+            registry=registry,
+        ),
     )
     # As Go's promhttp: the three codes exist from the start, so rate() and alerts see 0, not nothing.
     for code in ("200", "500", "503"):

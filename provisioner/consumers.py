@@ -354,10 +354,9 @@ class ProvisionerDaemonServeConsumer(JsonConsumer):
             organization_id=self.organization_id,
             version=str(content.get("version") or "")[:64],
         )
-        first = self.daemon_id is None
+        # Not counted in coderd's num_daemons: the external daemon exports its own (as Coder's
+        # provisionerd does), so a sum over every pod counts each daemon once.
         self.daemon_id, self.name, self.provisioners = row.id, name, provisioners
-        if first:
-            _observer_call("daemon_started")
         await self.send_json({"type": "welcome", "daemon_id": str(row.id)})
 
     async def on_acquire(self, content: dict[str, Any]) -> None:
@@ -379,7 +378,12 @@ class ProvisionerDaemonServeConsumer(JsonConsumer):
             self._seen(now)
             return None
         self.last_beat = now
-        return queue.job_spec(job)
+        spec = queue.job_spec(job)
+        # The claim is made here, in coderd: its queue wait is coderd's, as in Coder.
+        from provisioner.daemon import process_observer
+
+        queue.report_acquired(process_observer(), job, spec, now)
+        return spec
 
     def _seen(self, now: Any) -> None:
         if self.last_beat is None or (now - self.last_beat).total_seconds() >= HEARTBEAT_INTERVAL:
@@ -432,7 +436,6 @@ class ProvisionerDaemonServeConsumer(JsonConsumer):
         if self.daemon_id is None:
             return
         await database_sync_to_async(self._gone)()
-        _observer_call("daemon_stopped")
 
     def _gone(self) -> None:
         if self.job_id is not None:
@@ -444,12 +447,3 @@ class ProvisionerDaemonServeConsumer(JsonConsumer):
             )
             self.job_id = None
         queue.daemon_gone(self.daemon_id)
-
-
-def _observer_call(name: str) -> None:
-    from provisioner.daemon import process_observer
-
-    try:
-        getattr(process_observer(), name)()
-    except Exception:
-        log.exception("observer %s failed", name)

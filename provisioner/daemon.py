@@ -38,7 +38,7 @@ DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 
 # Live in-process daemons, woken when a job is created (provisioner.signals).
 _live: weakref.WeakSet[Daemon] = weakref.WeakSet()
-# The observer of this process's daemons; the serve consumer reports external daemons to it.
+# The observer of this process's daemons; the serve consumer reports the jobs it hands out to it.
 _process_observer: JobObserver | None = None
 
 
@@ -118,6 +118,7 @@ class Daemon:
         self.current_job_id = job.id
         try:
             spec = queue.job_spec(job)
+            queue.report_acquired(self.observer, job, spec, now)
             log.info("daemon %s: running %s job %s (%s)", self.name, job.provisioner, job.id, job.type)
             self.last_outcome = execute_job(
                 spec,

@@ -32,7 +32,14 @@ class JobObserver(Protocol):
     ) -> None:
         """Called once when the outcome is recorded; cancelled, timed-out and crashed jobs fail."""
 
-    def daemon_started(self) -> None: ...
+    def job_acquired(
+        self, provisioner: str, job_type: str, transition: str, build_reason: str, waited: float
+    ) -> None:
+        """Called where a job is claimed (in coderd, for its own daemons and external ones alike):
+        `waited` seconds from the job's creation. Transition and reason are "" for a template import."""
+
+    def daemon_started(self) -> None:
+        """This process's own daemon started (an external daemon reports to its own process)."""
 
     def daemon_stopped(self) -> None: ...
 
@@ -43,6 +50,11 @@ class NullObserver:
 
     def job_finished(
         self, provisioner: str, succeeded: bool, seconds: float, build: BuildInfo | None
+    ) -> None:
+        pass
+
+    def job_acquired(
+        self, provisioner: str, job_type: str, transition: str, build_reason: str, waited: float
     ) -> None:
         pass
 

@@ -123,6 +123,20 @@ def _claim_conditional(daemon_id: Any, provisioners: list[str], now: datetime) -
     return None
 
 
+def report_acquired(observer: Any, job: ProvisionerJob, spec: JobSpec, now: datetime) -> None:
+    """Tell `observer` how long a job just claimed waited (Coder's AcquireJob observes its queue
+    wait, by provisioner, job type, transition and build reason). Never raises: a metric must not
+    lose a claimed job."""
+    # Every build here is started by a person or a client: Coder's reason "initiator".
+    transition, reason = (spec.transition, "initiator") if spec.is_build else ("", "")
+    try:
+        observer.job_acquired(
+            job.provisioner, job.type, transition, reason, (now - job.created_at).total_seconds()
+        )
+    except Exception:
+        log.exception("observer job_acquired failed")
+
+
 def _workspace_id(job_id: Any) -> Any:
     from coderd.workspaces.models import WorkspaceBuild
 

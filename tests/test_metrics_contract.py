@@ -21,6 +21,8 @@ if not REFERENCE.exists():  # the copy kept in the repository
 MS = (1, 5, 10, 25, 50, 100, 500, 1000, 5000, 10000, 30000)
 WS_MS = (1, 1000, 60000, 3.6e06, 5.4e07, 1.08e08)
 JOB_MS = (1000, 10000, 30000, 60000, 300000, 600000, 1.8e06, 3.6e06)
+QUEUE_WAIT_S = (0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 900, 1800)
+DB_QUERY_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)  # Go's prometheus.DefBuckets
 
 
 def _s(ms):
@@ -148,6 +150,45 @@ CURRENT = {
         ("template_name", "template_version", "workspace_transition", "status"),
         _s(JOB_MS),
     ),
+    "coderd_provisioner_job_queue_wait_seconds": (
+        "histogram",
+        "Time from job creation to acquisition by a provisioner daemon.",
+        ("provisioner_type", "job_type", "transition", "build_reason"),
+        QUEUE_WAIT_S,
+    ),
+    "coderd_workspace_creation": (
+        "counter",
+        "Total regular (non-prebuilt) workspace creations by organization, template, and preset.",
+        ("organization_name", "template_name", "preset_name"),
+        None,
+    ),
+    "coderd_db_query_latencies_seconds": (
+        "histogram",
+        "Latency distribution of queries in seconds.",
+        ("query",),
+        DB_QUERY_S,
+    ),
+    "coderd_db_query_counts": (
+        "counter",
+        "Total number of queries labelled by HTTP route, method, and query name.",
+        ("route", "method", "query"),
+        None,
+    ),
+}
+# With legacy names off the concurrency gauges are today's Coder's: labelled, HELP with a period.
+CURRENT_LEGACY_OFF = {
+    "coderd_api_concurrent_requests": (
+        "gauge",
+        "The number of concurrent API requests.",
+        ("method", "path"),
+        None,
+    ),
+    "coderd_api_concurrent_websockets": (
+        "gauge",
+        "The total number of concurrent API websockets.",
+        ("path",),
+        None,
+    ),
 }
 PROCESS = {
     "process_cpu_seconds": "counter",
@@ -184,6 +225,11 @@ def _exercise(state: runtime.MetricsState, workspace) -> None:
     observer = MetricsJobObserver(m, on_change=None)
     with observer.running("echo"):
         pass
+    observer.job_acquired("echo", "workspace_build", "start", "initiator", 0.3)
+    m.observe_query("select workspaces_workspace", "/api/v2/workspaces/{workspace}", "GET", 0.0004)
+    if not m.legacy:  # one request and one socket in flight, so the labelled gauges show a series
+        m.request_gauge("GET", "/api/v2/buildinfo").inc()
+        m.websocket_gauge("/api/v2/workspaces/{workspace}/watch-ws").inc()
     build = BuildInfo("owner", workspace.name, workspace.template.name, "echo-v1", "start")
     observer.job_finished("echo", True, 3.5, build)
 
@@ -283,6 +329,9 @@ def test_it_drops_only_the_legacy_families_when_legacy_is_off(scrape_text):
     assert set(on) - set(off) == legacy
     assert not legacy & set(off)
     _check(off, CURRENT)
+    _check(off, CURRENT_LEGACY_OFF)
+    # With legacy names on, the seed's bare gauges (checked in full above) stay as they were.
+    assert _label_names(on["coderd_api_concurrent_requests"]) == ()
 
 
 def test_it_negotiates_openmetrics(scrape_text):

@@ -128,10 +128,10 @@ def test_it_queries_once_per_family_per_refresh(state, clock, owner):
 
     with CaptureQueriesContext(connection) as refresh:
         state.database.refresh()
-    # Three aggregates: the latest-build families are sums of the per-template one. (SQLite also
-    # gets a PRAGMA, PostgreSQL a SET LOCAL.)
+    # Four aggregates: the latest-build families are sums of the per-template one; workspaces
+    # created is the fourth. (SQLite also gets a PRAGMA, PostgreSQL a SET LOCAL.)
     selects = [q["sql"] for q in refresh.captured_queries if q["sql"].lstrip().upper().startswith("SELECT")]
-    assert len(selects) == 3
+    assert len(selects) == 4
     assert all("COUNT(" in sql.upper() for sql in selects)
     with CaptureQueriesContext(connection) as scrape:
         list(state.database.collect())
@@ -182,8 +182,10 @@ def test_it_counts_jobs_and_builds_from_the_observer(state):
     assert value(state, builds, workspace_transition="DESTROY", status="failed", **common) == 1
     timings = "coderd_provisionerd_workspace_build_timings_seconds_count"
     labels = dict(template_name="docker", template_version="v1")
-    assert value(state, timings, workspace_transition="start", status="success", **labels) == 1
-    assert value(state, timings, workspace_transition="delete", status="failed", **labels) == 1
+    # As coderd_workspace_builds_total (and Coder's provisionerdserver): START, STOP, DESTROY.
+    assert value(state, timings, workspace_transition="START", status="success", **labels) == 1
+    assert value(state, timings, workspace_transition="DESTROY", status="failed", **labels) == 1
+    assert value(state, timings, workspace_transition="start", status="success", **labels) is None
     observer.daemon_started()
     observer.daemon_started()
     observer.daemon_stopped()
