@@ -59,7 +59,8 @@ def test_it_observes_the_queue_wait_when_a_daemon_claims_a_job(state, owner, tmp
 
     template = make_echo_template(owner, name="waits")  # its import job waits first
     workspace = make_workspace(owner, template, name="w")
-    ProvisionerJob.objects.update(created_at=T0)
+    ProvisionerJob.objects.filter(type="template_version_import").update(created_at=T0)
+    ProvisionerJob.objects.filter(type="workspace_build").update(created_at=T0 + timedelta(seconds=1))
     clock = FixedClock(T0 + timedelta(seconds=42))
     daemon = Daemon("d", observer=MetricsJobObserver(on_change=None), clock=clock, data_dir=tmp_path)
     assert daemon.run_once(clock())  # the template import
@@ -73,10 +74,10 @@ def test_it_observes_the_queue_wait_when_a_daemon_claims_a_job(state, owner, tmp
     assert value(state, QUEUE_WAIT + "_bucket", le="60.0", **import_labels) == 1
 
     clock.advance(100)
-    assert daemon.run_once(clock())  # the build, created at T0 too: waited 142 s
+    assert daemon.run_once(clock())  # the build, created 1 s after the import: waited 141 s
     build_labels = dict(provisioner_type="echo", job_type="workspace_build", transition="start",
                         build_reason="initiator")  # fmt: skip
-    assert value(state, QUEUE_WAIT + "_sum", **build_labels) == 142.0
+    assert value(state, QUEUE_WAIT + "_sum", **build_labels) == 141.0
     assert workspace.builds.count() == 1
     assert not daemon.run_once(clock())  # nothing waits: nothing observed
     assert value(state, QUEUE_WAIT + "_count", **build_labels) == 1
