@@ -25,6 +25,11 @@ MAX_DURATION = MAX_DURATION_HOURS * 3600.0
 # max_connections is 100, so more could not even all connect, and starting them would take minutes.
 # Past this, run external daemons (`manage.py provisionerd`) on other machines.
 MAX_PROVISIONER_DAEMONS = 100
+# Database connections are kept by the thread that opened them (the request threads of
+# coderd/handlers.py, the daemons, the websockets' thread) for this many seconds, not opened per
+# request; a health check before a kept connection's first use in a request drops a dead one (a
+# restarted server, a failover) instead of failing the request.
+CONN_MAX_AGE = 600
 _HOSTNAME = re.compile(
     r"(?=.{1,253}\.?$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})?)*\.?"
 )
@@ -212,7 +217,7 @@ def parse_postgres_url(value: str, name: str = "CODER_PG_CONNECTION_URL") -> dic
         "HOST": options.pop("host", parts.hostname or ""),
         "PORT": str(port or ""),
         "OPTIONS": options,
-        "CONN_MAX_AGE": 0,
+        "CONN_MAX_AGE": CONN_MAX_AGE,
         "CONN_HEALTH_CHECKS": True,
     }
 

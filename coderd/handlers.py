@@ -57,6 +57,17 @@ class RequestThreads:
         self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = deque()
         self._lock = threading.Lock()
 
+    def close(self) -> None:
+        """Stop the idle threads, closing the database connections they keep (tests, shutdown)."""
+        from django.db import connections
+
+        with self._lock:
+            idle, self._idle = self._idle, []
+            self._made -= len(idle)
+        for executor in idle:
+            executor.submit(connections.close_all).result()
+            executor.shutdown()
+
     @asynccontextmanager
     async def lend(self) -> AsyncIterator[ThreadPoolExecutor]:
         executor = await self._acquire()

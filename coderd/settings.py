@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from coderd.env import (
+    CONN_MAX_AGE,
     MAX_PROVISIONER_DAEMONS,
     EnvError,
     env_address,
@@ -166,6 +167,8 @@ else:
             # Tests get a file too, one per test process: daemon threads need WAL and the busy
             # timeout, which an in-memory shared-cache database does not honour ("table is locked").
             "TEST": {"NAME": os.path.join(tempfile.gettempdir(), f"coderd-test-{os.getpid()}.sqlite3")},
+            "CONN_MAX_AGE": CONN_MAX_AGE,  # its PRAGMAs run once per connection, not per request
+            "CONN_HEALTH_CHECKS": True,
             # WAL lets daemons write while the API reads; a busy writer waits instead of failing.
             "OPTIONS": {
                 "timeout": 20,

@@ -7,18 +7,22 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 from asgiref.sync import SyncToAsync, async_to_sync
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
+from django.db.backends.signals import connection_created
 
 # Imported at collection: its django.setup() re-applies LOGGING (see tests/test_http_edges.py).
 from coderd.asgi import application
 from coderd.handlers import HTTPApplication, RequestThreads
 from tests.fixtures import PASSWORD, metrics_installed, token_for
+from tests.services import ServerProcess, free_port, http_get, parse_samples, total
+from tests.test_server import START_TIMEOUT, api, start_server
 
 
 async def _call(app: Any, method: str, path: str, headers: list, body: bytes = b"", query: str = "") -> dict:
@@ -177,7 +181,7 @@ def test_it_counts_api_and_admin_requests_with_the_same_labels(owner: Any) -> No
 # --- threads ---------------------------------------------------------------------------------------
 
 
-def _serve_on_a_loop_of_its_own(app: Any, paths: list[list[str]]) -> list[str]:
+def _serve_on_a_loop_of_its_own(app: Any, paths: list[list[str]], headers: list | None = None) -> list[str]:
     """Each inner list of paths requested at once, the lists one after the other, from a thread with
     no sync caller above it (as under uvicorn); returns the threads Django's request_started ran in."""
     threads: list[str] = []
@@ -187,7 +191,7 @@ def _serve_on_a_loop_of_its_own(app: Any, paths: list[list[str]]) -> list[str]:
 
     async def run() -> None:
         for batch in paths:
-            responses = await asyncio.gather(*(_call(app, "GET", p, []) for p in batch))
+            responses = await asyncio.gather(*(_call(app, "GET", p, headers or []) for p in batch))
             assert all(r["status"] == 200 for r in responses), responses
 
     request_started.connect(started)
@@ -211,3 +215,93 @@ def test_it_lends_a_few_threads_instead_of_starting_them_per_request(db: Any) ->
     assert len(at_once) == 40
     assert len(set(at_once)) == 3, set(at_once)  # ten at once wait for the three
     assert threading.active_count() <= before + 2
+
+
+# --- database connections --------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_opens_one_database_connection_for_a_hundred_requests(owner: Any) -> None:
+    token = token_for(owner).encode()
+    opened: list[str] = []
+
+    def created(connection: Any, **kwargs: Any) -> None:
+        opened.append(threading.current_thread().name)
+
+    threads = RequestThreads(size=2)
+    app = HTTPApplication(threads)
+    connection_created.connect(created)
+    try:
+        served = _serve_on_a_loop_of_its_own(
+            app, [["/api/v2/users/me"]] * 100, [(b"coder-session-token", token)]
+        )
+    finally:
+        connection_created.disconnect(created)
+        threads.close()
+    assert len(served) == 100
+    assert len(opened) == 1, opened  # one per request before (CONN_MAX_AGE=0, a thread per request)
+
+
+# One per request before. A client's next request may arrive before the thread that served the last
+# one is back in the pool (it still closes the response): then another thread, with its connection,
+# serves it. Requests one after the other keep it to a few.
+FEW = 3
+
+
+def _new_connections(base: str) -> float:
+    status, _, body = http_get(f"{base}/metrics")
+    assert status == 200
+    return total(parse_samples(body.decode()), "django_db_new_connections_total")
+
+
+def _server_with_connection_counts(tmp_path: Path, **env: str) -> tuple[ServerProcess, str, str]:
+    """`manage.py server` counting the connections it opens (django-prometheus's database wrappers),
+    without daemons (their threads keep connections of their own); (server, base URL, token)."""
+    port = free_port()
+    server = start_server(
+        tmp_path, "--http-address", f"127.0.0.1:{port}", "--provisioner-daemons", "0",
+        CODER_PROMETHEUS_ENABLE="true", CODER_PROMETHEUS_ADDRESS=f"127.0.0.1:{free_port()}",
+        CODER_PROMETHEUS_PUBLIC="true", CODER_PROMETHEUS_DJANGO_DB_METRICS="true",
+        CODER_PROMETHEUS_REFRESH_INTERVAL="1h", **env,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    server.wait_http(f"{base}/healthz", timeout=START_TIMEOUT)
+    user = {"email": "a@example.com", "username": "a", "password": "a-long-passphrase"}
+    api(base, "POST", "users/first", user)
+    token = api(base, "POST", "users/login", {"email": user["email"], "password": user["password"]})
+    return server, base, token["session_token"]
+
+
+def test_it_reuses_the_servers_sqlite_connection(tmp_path: Path) -> None:
+    server, base, token = _server_with_connection_counts(tmp_path, CODER_PG_CONNECTION_URL="")
+    try:
+        before = _new_connections(base)  # the first scrape counts the database gauges: once an hour
+        for _ in range(100):
+            assert api(base, "GET", "users/me", token=token)["username"] == "a"
+        assert _new_connections(base) - before <= FEW
+    finally:
+        server.stop()
+
+
+@pytest.mark.postgres
+def test_it_reuses_postgresql_connections_and_drops_a_dead_one(
+    pg_server: Any, pg_database: Any, tmp_path: Path
+) -> None:
+    url = pg_database()
+    server, base, token = _server_with_connection_counts(tmp_path, CODER_PG_CONNECTION_URL=url)
+    try:
+        before = _new_connections(base)
+        for _ in range(100):
+            assert api(base, "GET", "users/me", token=token)["username"] == "a"
+        assert _new_connections(base) - before <= FEW
+
+        # A failover or a restart: every connection of the server ends under it. The health check
+        # before a kept connection's first use in a request finds it dead and opens another.
+        name = urlsplit(url).path.lstrip("/")
+        pg_server.execute(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        )
+        for _ in range(3):
+            assert api(base, "GET", "users/me", token=token)["username"] == "a"
+    finally:
+        server.stop()
