@@ -121,7 +121,8 @@ def list_daemons(request: HttpRequest, organization: str, page: Query[Page]) -> 
     result = []
     for d in page.apply(daemons):
         online = (
-            d.last_seen_at is not None
+            d.stopped_at is None
+            and d.last_seen_at is not None
             and (now - d.last_seen_at).total_seconds() < DAEMON_OFFLINE_AFTER_SECONDS
         )
         job = d.current_job

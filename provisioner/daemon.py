@@ -170,7 +170,7 @@ class Daemon:
             _safe(self.observer.daemon_stopped)
             if self.daemon_id is not None:
                 try:
-                    queue.daemon_gone(self.daemon_id)
+                    queue.daemon_gone(self.daemon_id, self.clock())
                 except Exception:
                     log.warning("daemon %s: could not mark itself stopped", self.name, exc_info=True)
             connection.close()

@@ -92,6 +92,9 @@ class ProvisionerDaemon(models.Model):
     version = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
+    # Set when the daemon stops cleanly: it is offline at once, and its row is the one a daemon of
+    # the same name takes over when it starts again.
+    stopped_at = models.DateTimeField(null=True, blank=True)
     current_job = models.ForeignKey(
         "ProvisionerJob", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
@@ -143,6 +146,8 @@ class ProvisionerJob(models.Model):
                 condition=Q(started_at__isnull=False, completed_at__isnull=True),
             ),
             models.Index(fields=["organization", "created_at"]),
+            # The console: jobs that failed lately, newest first.
+            models.Index(fields=["completed_at"], name="provisionerjob_failed", condition=~Q(error="")),
         ]
 
     def __str__(self) -> str:

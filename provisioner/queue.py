@@ -8,11 +8,12 @@ healthchecks' `Flip` claim). Times come in as arguments so that tests move the c
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
+from django.utils import timezone
 
 from provisioner import notify
 from provisioner.execution import CANCELED, GONE, RUNNING, LogLine, iso
@@ -43,7 +44,8 @@ def register_daemon(
     organization_id: Any = None,
     version: str = "",
 ) -> ProvisionerDaemon:
-    """A daemon's row: a dead one of the same name is taken over (a restart), else a new one.
+    """A daemon's row: one of the same name that stopped (cleanly, or silent since
+    HEARTBEAT_STALE_AFTER) is taken over (a restart), else a new one.
 
     Two live daemons may share a name (two server processes on one host): each keeps its own row.
     In-process daemons have no organization (they serve every one); external ones have theirs.
@@ -54,13 +56,20 @@ def register_daemon(
         "version": version,
         "current_job": None,
         "last_seen_at": now,
+        "stopped_at": None,
     }
     dead = ProvisionerDaemon.objects.filter(name=name, external=external).filter(
-        Q(last_seen_at__isnull=True) | Q(last_seen_at__lt=now - HEARTBEAT_STALE_AFTER)
+        Q(stopped_at__isnull=False)
+        | Q(last_seen_at__isnull=True)
+        | Q(last_seen_at__lt=now - HEARTBEAT_STALE_AFTER)
     )
-    for row in dead.order_by("created_at")[:5]:
-        # Conditional on the old last_seen_at: of two starters racing for one dead row, one wins.
-        if ProvisionerDaemon.objects.filter(id=row.id, last_seen_at=row.last_seen_at).update(**fields):
+    # A cleanly stopped row first (a restart within seconds), then the one silent the longest.
+    for row in dead.order_by(F("stopped_at").desc(nulls_last=True), "last_seen_at")[:5]:
+        # Conditional on the old values: of two starters racing for one dead row, one wins.
+        taken = ProvisionerDaemon.objects.filter(
+            id=row.id, last_seen_at=row.last_seen_at, stopped_at=row.stopped_at
+        ).update(**fields)
+        if taken:
             row.refresh_from_db()
             return row
     return ProvisionerDaemon.objects.create(name=name, external=external, **fields)
@@ -70,9 +79,20 @@ def daemon_seen(daemon_id: Any, now: datetime) -> None:
     ProvisionerDaemon.objects.filter(id=daemon_id).update(last_seen_at=now)
 
 
-def daemon_gone(daemon_id: Any) -> None:
-    """A daemon that stops cleanly says so: it no longer holds a job."""
-    ProvisionerDaemon.objects.filter(id=daemon_id).update(current_job=None)
+def daemon_gone(daemon_id: Any, now: datetime | None = None) -> None:
+    """A daemon that stops cleanly says so: it holds no job, it is offline from now, and its row is
+    the one its successor under the same name takes over."""
+    ProvisionerDaemon.objects.filter(id=daemon_id).update(current_job=None, stopped_at=now or timezone.now())
+
+
+def forget_silent_daemons(now: datetime, after: timedelta) -> int:
+    """Remove the rows of daemons not seen for `after` (the reaper, daily-ish): a host renamed or
+    retired leaves no row forever. Their jobs keep their history (`worker` is set to NULL)."""
+    silent = ProvisionerDaemon.objects.filter(
+        Q(last_seen_at__lt=now - after) | Q(last_seen_at__isnull=True, created_at__lt=now - after)
+    )
+    deleted, _ = silent.delete()
+    return deleted
 
 
 # --- claim ---------------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ HUNG_JOB_TIMEOUT = HEARTBEAT_STALE_AFTER
 REAP_INTERVAL = 10.0
 # A bound on one pass, so that a flood of dead jobs cannot hold the lock for long.
 MAX_JOBS_PER_RUN = 50
+# A daemon row not seen for this long is removed (a retired host, a renamed daemon).
+FORGET_DAEMONS_AFTER = timedelta(days=1)
 
 
 def hung_job_timeout() -> timedelta:
@@ -51,8 +53,11 @@ def run_once(
     now: datetime, threshold: timedelta | None = None, observer: JobObserver | None = None
 ) -> list[Any]:
     """Fail every hung job (at most MAX_JOBS_PER_RUN); the ids of the jobs this call failed."""
+    from provisioner.queue import forget_silent_daemons
+
     threshold = threshold or hung_job_timeout()
     _finish_canceled_pending(now)
+    forget_silent_daemons(now, FORGET_DAEMONS_AFTER)
     hung = (
         ProvisionerJob.objects.filter(
             started_at__isnull=False, completed_at__isnull=True, updated_at__lt=now - threshold
