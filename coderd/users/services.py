@@ -287,6 +287,10 @@ def issue_api_key(
         if not token_name:
             raise
         raise Conflict(f"A token named {token_name!r} already exists.") from None
+    # A new key counts as used now (its last_used), so the active-users gauge counts its user: the
+    # user's "last seen" says the same, instead of "-" until the key's first write interval.
+    User.objects.filter(pk=user.pk).update(last_seen_at=now)
+    user.last_seen_at = now
     return key, f"{key_id}-{secret}"
 
 
