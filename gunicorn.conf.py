@@ -187,6 +187,9 @@ def post_worker_init(worker) -> None:
     The lock is an flock on a file of this start: the kernel drops it when its holder exits however
     it exits (SIGKILL included), and exactly one waiting worker then gets it. Workers of a reload
     (SIGHUP) or a replacement wait the same way while the old holder finishes its running job."""
+    from coderd.console import start_sampler
+
+    start_sampler()  # the admin console's traffic history (each worker reads the merged metrics)
     fd = os.open(RUNTIME_DIR / "daemons.lock", os.O_RDWR | os.O_CREAT, 0o600)
     threading.Thread(target=_take_daemons, args=(worker, fd), name="daemons-lock", daemon=True).start()
 

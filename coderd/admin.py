@@ -9,9 +9,11 @@ refusal (coderd.errors.APIError) becomes an admin message, never an error page.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
@@ -89,51 +91,128 @@ class JobStatusFilter(admin.SimpleListFilter):
         return None
 
 
-_STATUS_COLOURS = {
-    JobStatus.PENDING: "#6b7280",
-    JobStatus.RUNNING: "#2563eb",
-    JobStatus.SUCCEEDED: "#15803d",
-    JobStatus.CANCELING: "#b45309",
-    JobStatus.CANCELED: "#b45309",
-    JobStatus.FAILED: "#b91c1c",
+# Job status badge classes (coderd/static/coderd/console.css); workspace states have one class each.
+_STATE_CLASS = {
+    JobStatus.PENDING: "pending",
+    JobStatus.RUNNING: "busy",
+    JobStatus.SUCCEEDED: "ok",
+    JobStatus.CANCELING: "warn",
+    JobStatus.CANCELED: "warn",
+    JobStatus.FAILED: "bad",
 }
 
 
 def status_badge(status: str | None) -> str:
+    """A job's status as a badge."""
     if not status:
         return "-"
-    return format_html('<b style="color:{}">{}</b>', _STATUS_COLOURS.get(status, "inherit"), status)
+    return format_html(
+        '<span class="coderd-badge coderd-{}">{}</span>', _STATE_CLASS.get(status, "off"), status
+    )
 
 
-def render_job_logs(job_id: Any) -> str:
-    """A job's log lines in order, as a read-only block for change pages."""
+def state_badge(state: str | None) -> str:
+    """A workspace's (or a build's) state, Coder's words: running is good, not work in progress."""
+    if not state:
+        return "-"
+    return format_html('<span class="coderd-badge coderd-state-{}">{}</span>', state, state)
+
+
+# --- times people read --------------------------------------------------------------------------
+
+
+def when(value: datetime | None) -> str:
+    """'3 minutes ago', with the exact UTC time (to the second) on hover."""
+    if value is None:
+        return "-"
+    exact = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return format_html(
+        '<time datetime="{}" title="{}">{}</time>', value.isoformat(), exact, naturaltime(value)
+    )
+
+
+def when_column(field: str, description: str | None = None) -> Callable[[Any, Any], str]:
+    """A list column showing `field` as `when()` does, sortable by the field."""
+
+    @admin.display(description=description or field.removesuffix("_at").replace("_", " "), ordering=field)
+    def column(self: Any, obj: Any) -> str:
+        return when(getattr(obj, field))
+
+    column.__name__ = f"{field}_when"
+    return column
+
+
+def format_seconds(seconds: float | None) -> str:
+    """A duration for people: 850 ms, 12.4 s, 3 m 05 s, 2 h 07 m."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} m {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} m"
+
+
+def job_duration(job: Any, now: datetime | None = None) -> str:
+    """How long a job ran (started to completed), or has been running, or waited (not started)."""
+    if job is None:
+        return "-"
+    if job.started_at is None:
+        if job.completed_at is not None:
+            return "-"  # canceled before a daemon took it
+        waited = (now or timezone.now()) - job.created_at
+        return format_html('<span title="waiting for a daemon">queued {}</span>', format_seconds(_s(waited)))
+    end = job.completed_at or now or timezone.now()
+    text = format_seconds(_s(end - job.started_at))
+    return text if job.completed_at else format_html('<span title="still running">{} …</span>', text)
+
+
+def _s(delta: timedelta) -> float:
+    return max(0.0, delta.total_seconds())
+
+
+def render_job_logs(job_id: Any, follow_url: str | None = None) -> str:
+    """A job's log lines in order, as a read-only block for change pages. With `follow_url` (the
+    API's follow websocket, for a job not yet ended) coderd/logs.js appends lines as they come."""
     if job_id is None:
         return "-"
-    lines = list(
+    rows = list(
         ProvisionerJobLog.objects.filter(job_id=job_id)
         .order_by("id")
-        .values_list("created_at", "level", "stage", "output")[: MAX_LOG_LINES + 1]
+        .values_list("id", "created_at", "level", "stage", "output")[: MAX_LOG_LINES + 1]
     )
-    if not lines:
-        return format_html("<i>{}</i>", "No log lines yet.")
-    cut = len(lines) > MAX_LOG_LINES
+    cut = len(rows) > MAX_LOG_LINES
+    rows = rows[:MAX_LOG_LINES]
     body = format_html_join(
-        "\n",
-        "{} {:<5} {}{}",
+        "",
+        '<span class="coderd-log coderd-log-{}">{} {:<5} {}{}</span>\n',
         (
             (
-                created.strftime("%H:%M:%S.%f")[:-3],
+                level,
+                created.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3],
                 level.upper(),
                 f"[{stage}] " if stage else "",
                 output,
             )
-            for created, level, stage, output in lines[:MAX_LOG_LINES]
+            for _id, created, level, stage, output in rows
         ),
     )
-    note = format_html("\n… only the first {} lines are shown", MAX_LOG_LINES) if cut else ""
+    note = format_html("… only the first {} lines are shown\n", MAX_LOG_LINES) if cut else ""
+    follow = ""
+    if follow_url and not cut:
+        after = rows[-1][0] if rows else 0
+        sep = "&" if "?" in follow_url else "?"
+        follow = format_html(' data-follow="{}{}follow&amp;after={}"', follow_url, sep, after)
+    empty = "" if rows else format_html('<i class="coderd-log-empty">{}</i>\n', "No log lines yet.")
     return format_html(
-        '<pre class="coderd-logs" style="max-height:32em;overflow:auto;white-space:pre-wrap;'
-        'margin:0">{}{}</pre>',
+        '<div class="coderd-logs-box"><pre class="coderd-logs"{}>{}{}{}</pre>'
+        '<p class="coderd-logs-state help"></p></div>',
+        follow,
+        empty,
         body,
         note,
     )

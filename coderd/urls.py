@@ -11,6 +11,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.defaults import bad_request as django_bad_request
 
 from coderd.api import api, json_error
+from coderd.console import overview_view
 from coderd.views import healthz
 from metrics.views import metrics_view
 
@@ -44,6 +45,8 @@ for pattern in api_patterns:
 urlpatterns = [
     path("healthz", read_only(healthz), name="healthz"),
     path("api/v2/", (api_patterns, api_app_name, api_namespace)),
+    # The admin index's overview polls this (admin_view: the admin's login, then a role check).
+    path("admin/console/overview.json", admin.site.admin_view(overview_view), name="coderd_console_overview"),
     path("admin/", admin.site.urls),
     path("metrics", metrics_view, name="metrics"),
 ]

@@ -7,23 +7,35 @@ filtered by coderd.admin.JobStatusFilter. Canceling goes through the same functi
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import Count, F, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from coderd.admin import JobStatusFilter, render_job_logs, run_each, status_badge, with_job_status
+from coderd.admin import (
+    JobStatusFilter,
+    job_duration,
+    render_job_logs,
+    run_each,
+    status_badge,
+    when_column,
+    with_job_status,
+)
+from provisioner.api import DAEMON_OFFLINE_AFTER_SECONDS
 from provisioner.models import (
-    HEARTBEAT_STALE_AFTER,
     JobType,
     ProvisionerDaemon,
     ProvisionerJob,
     ProvisionerJobLog,
 )
+from provisioner.reaper import FORGET_DAEMONS_AFTER
+
+DAEMON_OFFLINE_AFTER = timedelta(seconds=DAEMON_OFFLINE_AFTER_SECONDS)
 
 
 def _change_link(obj: Any, text: Any = None) -> str:
@@ -59,21 +71,32 @@ def cancel(actor: Any, job: ProvisionerJob) -> Any:
 @admin.register(ProvisionerJob)
 class ProvisionerJobAdmin(admin.ModelAdmin):
     list_display = (
-        "short_id", "type", "provisioner", "status", "subject", "initiator", "worker", "created_at",
-        "started_at", "completed_at",
+        "short_id", "type", "provisioner", "status", "subject", "initiator", "worker", "created",
+        "started", "took",
     )  # fmt: skip
     list_filter = (JobStatusFilter, "type", "provisioner", "created_at")
+    ordering = ("-created_at",)
+    created = when_column("created_at")
+    started = when_column("started_at")
     # A UUID column searched with icontains matches the 8-character ids shown in the list.
     search_fields = ("id", "error", "initiator__username", "worker__name")
     list_select_related = ("initiator", "worker", "workspace_build__workspace", "template_version")
     date_hierarchy = "created_at"
     fields = (
         "id", "type", "provisioner", "status", "subject", "organization", "initiator", "worker",
-        "created_at", "updated_at", "started_at", "canceled_at", "completed_at", "error", "input_json",
-        "logs",
+        "created_at", "updated_at", "started_at", "canceled_at", "completed_at", "took", "error_text",
+        "input_json", "logs",
     )  # fmt: skip
     readonly_fields = fields
     actions = ("cancel_jobs",)
+
+    @admin.display(description="duration")
+    def took(self, job: ProvisionerJob) -> str:
+        return job_duration(job)
+
+    @admin.display(description="error")
+    def error_text(self, job: ProvisionerJob) -> str:
+        return format_html('<span class="coderd-error">{}</span>', job.error) if job.error else "-"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return with_job_status(super().get_queryset(request))
@@ -100,7 +123,13 @@ class ProvisionerJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="logs")
     def logs(self, job: ProvisionerJob) -> str:
-        return render_job_logs(job.pk)
+        follow = None
+        if job.completed_at is None:
+            if job.type == JobType.WORKSPACE_BUILD and getattr(job, "workspace_build", None) is not None:
+                follow = f"/api/v2/workspacebuilds/{job.workspace_build.pk}/logs"
+            elif getattr(job, "template_version", None) is not None:
+                follow = f"/api/v2/templateversions/{job.template_version.pk}/logs"
+        return render_job_logs(job.pk, follow)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -121,7 +150,8 @@ class ProvisionerJobAdmin(admin.ModelAdmin):
 
 @admin.register(ProvisionerJobLog)
 class ProvisionerJobLogAdmin(admin.ModelAdmin):
-    list_display = ("id", "job_link", "created_at", "level", "stage", "output")
+    list_display = ("id", "job_link", "created", "level", "stage", "output")
+    created = when_column("created_at")
     list_filter = ("level", "source")
     search_fields = ("output", "stage", "job__id")
     list_select_related = ("job",)
@@ -142,29 +172,65 @@ class ProvisionerJobLogAdmin(admin.ModelAdmin):
         return False
 
 
+class DaemonSeenFilter(admin.SimpleListFilter):
+    """Daemons seen lately by default: a row silent for a day is history (the reaper removes it)."""
+
+    title = "seen"
+    parameter_name = "seen"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("day", "In the last day"), ("online", "Online now"), ("all", "All")]
+
+    def choices(self, changelist: Any) -> Any:
+        chosen = self.value() or "day"
+        for lookup, title in self.lookup_choices:
+            yield {
+                "selected": chosen == lookup,
+                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
+                "display": title,
+            }
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
+        now = timezone.now()
+        chosen = self.value() or "day"
+        if chosen == "online":
+            return queryset.filter(stopped_at__isnull=True, last_seen_at__gte=now - DAEMON_OFFLINE_AFTER)
+        if chosen == "day":
+            since = now - FORGET_DAEMONS_AFTER
+            return queryset.filter(
+                Q(last_seen_at__gte=since) | Q(last_seen_at__isnull=True, created_at__gte=since)
+            )
+        return queryset
+
+
 @admin.register(ProvisionerDaemon)
 class ProvisionerDaemonAdmin(admin.ModelAdmin):
     list_display = (
-        "name", "connected", "provisioner_list", "external", "version", "last_seen_at", "current_job_link", "jobs_run",
-        "created_at",
+        "name", "connected", "provisioner_list", "external", "version", "last_seen", "current_job_link", "jobs_run",
+        "created",
     )  # fmt: skip
-    list_filter = ("external", "last_seen_at")
+    list_filter = (DaemonSeenFilter, "external")
     search_fields = ("name", "version")
     list_select_related = ("current_job", "organization")
+    ordering = ("-last_seen_at",)
     fields = (
         "id", "name", "provisioner_list", "external", "version", "organization", "created_at",
-        "last_seen_at", "current_job_link",
+        "last_seen_at", "stopped_at", "current_job_link",
     )  # fmt: skip
     readonly_fields = fields
+    last_seen = when_column("last_seen_at", "last seen")
+    created = when_column("created_at")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).annotate(n_jobs=Count("jobs"))
 
-    @admin.display(boolean=True, description="connected")
+    @admin.display(boolean=True, description="online")
     def connected(self, daemon: ProvisionerDaemon) -> bool:
-        # A daemon heart-beats while it runs a job and polls while idle; silence means it is gone.
+        # As the API lists it: seen within DAEMON_OFFLINE_AFTER, and not stopped since.
         return (
-            daemon.last_seen_at is not None and timezone.now() - daemon.last_seen_at < HEARTBEAT_STALE_AFTER
+            daemon.stopped_at is None
+            and daemon.last_seen_at is not None
+            and timezone.now() - daemon.last_seen_at < DAEMON_OFFLINE_AFTER
         )
 
     @admin.display(description="provisioners")

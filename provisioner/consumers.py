@@ -64,12 +64,46 @@ def token_from_scope(scope: dict[str, Any]) -> str | None:
     return values[0] if values and values[0] else None
 
 
+def _cookie(scope: dict[str, Any], name: str) -> str | None:
+    raw = _headers(scope).get("cookie")
+    if not raw:
+        return None
+    cookie = SimpleCookie()
+    try:
+        cookie.load(raw)
+    except Exception:
+        return None
+    return cookie[name].value if name in cookie else None
+
+
+def session_user(scope: dict[str, Any]) -> Any:
+    """The user of the admin's Django session cookie, or None: the admin's pages follow logs over
+    these sockets with the browser's own login. Safe as a carrier because every websocket passes the
+    Origin check first (coderd.ws_notfound.allowed_hosts_origin_check), so another site's page cannot
+    open one with the operator's cookie."""
+    from importlib import import_module
+
+    from django.contrib.auth import get_user
+
+    key = _cookie(scope, settings.SESSION_COOKIE_NAME)
+    if not key:
+        return None
+
+    class _Request:  # what django.contrib.auth.get_user reads: the session, and its hash check
+        session = import_module(settings.SESSION_ENGINE).SessionStore(key)
+
+    user = get_user(_Request())
+    return user if user.is_authenticated and user.is_active else None
+
+
 @database_sync_to_async
 def _user_for_scope(scope: dict[str, Any]) -> Any:
     from coderd.users.services import user_for_token
 
     token = token_from_scope(scope)
-    return user_for_token(token, timezone.now()) if token else None
+    if token:
+        return user_for_token(token, timezone.now())
+    return session_user(scope)
 
 
 class JsonConsumer(AsyncJsonWebsocketConsumer):

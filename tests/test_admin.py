@@ -12,6 +12,7 @@ from django.test import Client
 
 from coderd.users.models import APIKey, OrganizationMember, User, UserStatus
 from coderd.workspaces.models import Template, TemplateVersion, Workspace, WorkspaceBuild
+from coderd.workspaces.status import WorkspaceStatus
 from provisioner.models import JobStatus, ProvisionerDaemon, ProvisionerJob, ProvisionerJobLog
 from tests.fixtures import PASSWORD, finish_job, token_for
 
@@ -80,8 +81,8 @@ def test_it_opens_every_objects_page(admin_client: Client, data: dict[str, Any])
 def test_it_shows_counts_and_computed_status_as_columns(admin_client: Client, data: dict[str, Any]) -> None:
     response = admin_client.get(CHANGELISTS[Workspace])
     row = response.context["cl"].result_list[0]
-    assert row.job_status == JobStatus.PENDING
-    assert b">pending</b>" in response.content
+    assert row.state == WorkspaceStatus.PENDING  # Coder's workspace state, not the job's status
+    assert b'coderd-badge coderd-state-pending">pending</span>' in response.content
     users = admin_client.get(CHANGELISTS[User]).context["cl"].result_list
     assert {u.username: u.live_workspace_count for u in users} == {"member": 1, "owner": 0}
 
@@ -114,8 +115,10 @@ def test_it_filters_on_the_computed_job_status(admin_client: Client, data: dict[
     finish_job(data["build"].job)
     assert count(CHANGELISTS[ProvisionerJob], "pending") == 1
     assert count(CHANGELISTS[ProvisionerJob], "succeeded") == 1
-    assert count(CHANGELISTS[Workspace], "succeeded") == 1
-    assert count(CHANGELISTS[Workspace], "pending") == 0
+    assert count(CHANGELISTS[WorkspaceBuild], "succeeded") == 1
+    workspaces = admin_client.get(CHANGELISTS[Workspace], {"state": "running"}).context["cl"]
+    assert workspaces.result_count == 1
+    assert admin_client.get(CHANGELISTS[Workspace], {"state": "pending"}).context["cl"].result_count == 0
     finish_job(data["build"].template_version.job, error="import failed")
     assert count(CHANGELISTS[TemplateVersion], "failed") == 1
 

@@ -18,7 +18,7 @@ from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from coderd.admin import describe, run_each
+from coderd.admin import describe, run_each, when_column
 from coderd.audit.admin import AuditedModelAdmin
 from coderd.errors import APIError
 from coderd.users import services
@@ -106,12 +106,14 @@ class UserAdmin(AuditedModelAdmin):
         "status",
         "site_roles",
         "live_workspaces",
-        "last_seen_at",
-        "created_at",
+        "last_seen",
+        "created",
     )
     list_filter = ("status", "deleted", "created_at", "last_seen_at")
     search_fields = ("username", "email", "name")
-    ordering = ("username",)
+    ordering = ("-created_at",)
+    last_seen = when_column("last_seen_at", "last seen")
+    created = when_column("created_at")
     date_hierarchy = "created_at"
     readonly_fields = ("id", "status", "last_seen_at", "created_at", "updated_at", "deleted")
     actions = ("suspend_users", "activate_users", "delete_users")
@@ -212,8 +214,10 @@ class MemberInline(admin.TabularInline):
 
 @admin.register(Organization)
 class OrganizationAdmin(AuditedModelAdmin):
-    list_display = ("name", "display_name", "is_default", "member_count", "template_count", "created_at")
+    list_display = ("name", "display_name", "is_default", "member_count", "template_count", "created")
     list_filter = ("is_default",)
+    ordering = ("-created_at",)
+    created = when_column("created_at")
     search_fields = ("name", "display_name")
     readonly_fields = ("id", "is_default", "created_at", "updated_at")
     fields = ("id", "name", "display_name", "description", "is_default", "created_at", "updated_at")
@@ -244,8 +248,10 @@ class OrganizationAdmin(AuditedModelAdmin):
 
 @admin.register(OrganizationMember)
 class OrganizationMemberAdmin(AuditedModelAdmin):
-    list_display = ("user", "organization", "roles", "created_at")
+    list_display = ("user", "organization", "roles", "created")
     list_filter = ("organization",)
+    ordering = ("-created_at",)
+    created = when_column("created_at")
     search_fields = ("user__username", "user__email", "organization__name")
     list_select_related = ("user", "organization")
     autocomplete_fields = ("user", "organization")
@@ -271,7 +277,10 @@ class KeyStateFilter(admin.SimpleListFilter):
 class APIKeyAdmin(admin.ModelAdmin):
     """Keys are read-only (deleting one revokes it); the secret's hash is never shown."""
 
-    list_display = ("id", "user", "login_type", "token_name", "created_at", "expires_at", "last_used", "live")
+    list_display = ("id", "user", "login_type", "token_name", "created", "expires", "used", "live")
+    created = when_column("created_at")
+    expires = when_column("expires_at")
+    used = when_column("last_used", "last used")
     list_filter = (KeyStateFilter, "login_type", "expires_at", "last_used")
     search_fields = ("id", "token_name", "user__username", "user__email")
     list_select_related = ("user",)

@@ -84,24 +84,27 @@ class User(AbstractBaseUser):
     def is_owner(self) -> bool:
         return Role.OWNER in self.roles
 
-    # The Django admin asks these: owners are staff and may do everything there.
+    # The Django admin asks these: owners may do everything there; auditors get in to read (the
+    # console's overview, every list and page) and change nothing. Other roles stay out.
     @property
     def is_active(self) -> bool:  # type: ignore[override]
         return self.status != UserStatus.SUSPENDED and not self.deleted
 
     @property
     def is_staff(self) -> bool:
-        return self.is_owner and self.is_active
+        return self.is_active and self.has_role(Role.OWNER, Role.AUDITOR)
 
     @property
     def is_superuser(self) -> bool:
-        return self.is_staff
+        return self.is_owner and self.is_active
 
     def has_perm(self, perm: str, obj: object = None) -> bool:
-        return self.is_staff
+        if self.is_superuser:
+            return True
+        return self.is_staff and perm.partition(".")[2].startswith("view_")
 
     def has_perms(self, perm_list, obj: object = None) -> bool:
-        return self.is_staff
+        return all(self.has_perm(p, obj) for p in perm_list)
 
     def has_module_perms(self, app_label: str) -> bool:
         return self.is_staff

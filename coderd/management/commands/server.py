@@ -186,6 +186,7 @@ class Command(OneLineCommand, BaseCommand):
             _migrate()
             http_url = _http_url(sock)
             stop_metrics, observer = _start_metrics(options)
+            _start_console()
             try:
                 daemons = stop.daemons = _start_daemons(settings.PROVISIONER_DAEMONS, observer)
                 try:
@@ -382,6 +383,13 @@ def _start_metrics(options: dict[str, Any]) -> tuple[Callable[[], None], Any]:
         sys.stderr.write("coderd server: metrics are enabled but metrics.serving is not available\n")
         sys.exit(1)
     return start_metrics()
+
+
+def _start_console() -> None:
+    """The admin console's traffic history: sampled from the metrics from start-up on."""
+    from coderd.console import start_sampler
+
+    start_sampler()
 
 
 def _start_daemons(count: int, observer: Any) -> Any:
