@@ -20,7 +20,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError, IntegrityError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.urls import URLPattern
-from ninja import NinjaAPI, Schema
+from ninja import NinjaAPI, Schema, Swagger
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 
@@ -136,6 +136,9 @@ api = CoderAPI(
     urls_namespace="api",
     auth=session_auth,
     parser=StorableJSONParser(),
+    # No validator badge: Swagger UI would fetch it from validator.swagger.io (pages load nothing
+    # from other hosts).
+    docs=Swagger(settings={"validatorUrl": None}),
 )
 
 

@@ -108,6 +108,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "channels",
+    # Its templates and static files: /api/v2/docs then loads Swagger UI from this server, not a CDN.
+    "ninja",
     "coderd",
     "coderd.users",
     "coderd.workspaces",

@@ -6,7 +6,7 @@ the fixtures use it instead of starting their own. A test that needs a missing s
 `CI` is true and is skipped otherwise (a developer without PostgreSQL can still run the rest).
 
 Registered as a pytest plugin by tests/conftest.py. Fixtures: `pg_server`, `pg_url`, `pg_database`,
-`redis_url`, `prometheus_bin`, `promtool_bin`. Helpers for tests that start servers: `free_port`,
+`redis_url`, `prometheus_bin`, `promtool_bin`, `chromium_bin`. Helpers for tests that start servers: `free_port`,
 `ServerProcess`, `Prometheus`, `wait_for`.
 """
 
@@ -609,6 +609,15 @@ def prometheus_bin() -> str:
     binary = shutil.which("prometheus")
     if binary is None:
         missing("prometheus")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def chromium_bin() -> str:
+    """Debian's chromium (installed by .ci/run): headless, for pages as a browser renders them."""
+    binary = shutil.which("chromium")
+    if binary is None:
+        missing("chromium")
     return binary
 
 
