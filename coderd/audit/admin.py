@@ -83,6 +83,13 @@ def _audited_password_change(view: Any) -> Any:
 admin.site.password_change = _audited_password_change(admin.site.password_change)  # type: ignore[method-assign]
 
 
+def _short(value: Any) -> str:
+    text = (
+        "-" if value is None or value == "" else json.dumps(value) if isinstance(value, list) else str(value)
+    )
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 class StatusFilter(admin.SimpleListFilter):
     title = "outcome"
     parameter_name = "outcome"
@@ -101,9 +108,8 @@ class StatusFilter(admin.SimpleListFilter):
 @admin.register(AuditLog)
 class AuditLogAdmin(admin.ModelAdmin):
     list_display = (
-        "time", "user", "action", "resource_type", "resource_target", "status_code", "ip", "user_agent_short",
+        "time", "user", "action", "resource_type", "resource_target", "change", "outcome", "ip",
     )  # fmt: skip
-    # Only people who appear in the trail, not every account.
     list_filter = (
         "action",
         "resource_type",
@@ -121,9 +127,22 @@ class AuditLogAdmin(admin.ModelAdmin):
     )  # fmt: skip
     readonly_fields = fields
 
-    @admin.display(description="user agent")
-    def user_agent_short(self, entry: AuditLog) -> str:
-        return entry.user_agent if len(entry.user_agent) <= 60 else entry.user_agent[:57] + "..."
+    @admin.display(description="change")
+    def change(self, entry: AuditLog) -> str:
+        """The diff in one line: `status: active → suspended`; a secret only says it changed."""
+        parts = []
+        for name, values in sorted(entry.diff.items()):
+            if values.get("secret"):
+                parts.append(f"{name} changed")
+            else:
+                parts.append(f"{name}: {_short(values.get('old'))} → {_short(values.get('new'))}")
+        text = "; ".join(parts) or "-"
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    @admin.display(description="status", ordering="status_code")
+    def outcome(self, entry: AuditLog) -> str:
+        colour = "#15803d" if entry.status_code < 400 else "#b91c1c"
+        return format_html('<b style="color:{}">{}</b>', colour, entry.status_code)
 
     @admin.display(description="diff")
     def diff_json(self, entry: AuditLog) -> str:

@@ -22,14 +22,14 @@ class Action(models.TextChoices):
 
 class ResourceType(models.TextChoices):
     # Coder's codersdk.ResourceType values for the resources this control plane has.
-    TEMPLATE = "template"
-    TEMPLATE_VERSION = "template_version"
-    USER = "user"
-    WORKSPACE = "workspace"
-    WORKSPACE_BUILD = "workspace_build"
-    API_KEY = "api_key"
-    ORGANIZATION = "organization"
-    ORGANIZATION_MEMBER = "organization_member"
+    TEMPLATE = "template", "Template"
+    TEMPLATE_VERSION = "template_version", "Template version"
+    USER = "user", "User"
+    WORKSPACE = "workspace", "Workspace"
+    WORKSPACE_BUILD = "workspace_build", "Workspace build"
+    API_KEY = "api_key", "API key or session"
+    ORGANIZATION = "organization", "Organization"
+    ORGANIZATION_MEMBER = "organization_member", "Organization member"
 
 
 class AuditLog(models.Model):

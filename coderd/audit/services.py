@@ -120,11 +120,14 @@ def fresh(obj: Any) -> Any:
 def diff(spec: Spec, before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
     """Coder's AuditDiff: `{field: {"old", "new", "secret"}}` for each field that changed; a secret's
     values are never written."""
+    created, gone = before is None, after is None
     before, after = before or {}, after or {}
     out: dict[str, Any] = {}
     for name in spec.fields:
         old, new = before.get(name), after.get(name)
-        if old == new:
+        # As Coder's diff against a zero value: a create lists the fields it set, a removal the
+        # fields it cleared, not every empty one.
+        if old == new or (created and not new) or (gone and not old):
             continue
         key = name.rsplit(".", 1)[-1]
         if name in spec.secret:
