@@ -67,6 +67,10 @@ def test_it_shows_each_area_of_the_deployment():
         "coderd_api_active_users_duration_hour",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
+        "coderd_provisioner_job_queue_wait_seconds_bucket",
+        "coderd_workspace_creation_total",
+        "coderd_db_query_latencies_seconds_bucket",
+        "coderd_db_query_counts_total",
     ):
         assert family in text, family
     assert "by (code)" in text and "by (method, path)" in text and "by (template_name, status)" in text
