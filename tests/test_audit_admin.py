@@ -231,7 +231,9 @@ def test_it_browses_the_trail_read_only_newest_first_with_filters(
     shown = list(response.context["cl"].result_list)
     assert [e.action for e in shown[:2]] == ["stop", "write"]  # newest first
     assert response.context["cl"].result_count == AuditLog.objects.count()
-    assert "status: active → suspended" in response.content.decode()  # the diff, in one line
+    page = response.content.decode()
+    assert "status: active → suspended" in page  # the diff, in one line
+    assert "build #2" in page  # the stop build queued
 
     def count(query: str) -> int:
         r = admin_client.get(f"{AUDIT}?{query}")

@@ -7,6 +7,7 @@ words, organizations): their saves and deletes are not service calls, so it reco
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from django.contrib import admin
@@ -83,10 +84,15 @@ def _audited_password_change(view: Any) -> Any:
 admin.site.password_change = _audited_password_change(admin.site.password_change)  # type: ignore[method-assign]
 
 
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
 def _short(value: Any) -> str:
-    text = (
-        "-" if value is None or value == "" else json.dumps(value) if isinstance(value, list) else str(value)
-    )
+    if value is None or value == "":
+        return "-"
+    text = json.dumps(value) if isinstance(value, list) else str(value)
+    if _UUID.match(text):
+        return text[:8]  # as the admin's job lists show ids
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -108,7 +114,7 @@ class StatusFilter(admin.SimpleListFilter):
 @admin.register(AuditLog)
 class AuditLogAdmin(admin.ModelAdmin):
     list_display = (
-        "time", "user", "action", "resource_type", "resource_target", "change", "outcome", "ip",
+        "time", "user", "action", "resource_type", "resource_target", "outcome", "ip", "change",
     )  # fmt: skip
     list_filter = (
         "action",
@@ -129,14 +135,23 @@ class AuditLogAdmin(admin.ModelAdmin):
 
     @admin.display(description="change")
     def change(self, entry: AuditLog) -> str:
-        """The diff in one line: `status: active → suspended`; a secret only says it changed."""
-        parts = []
-        for name, values in sorted(entry.diff.items()):
-            if values.get("secret"):
-                parts.append(f"{name} changed")
-            else:
-                parts.append(f"{name}: {_short(values.get('old'))} → {_short(values.get('new'))}")
-        text = "; ".join(parts) or "-"
+        """The diff in one line: `status: active → suspended`; a create names the fields it set; a
+        secret only says it changed. The whole diff is on the row's page."""
+        number = entry.additional_fields.get("build_number")
+        if number and entry.action != Action.WRITE:  # a start, stop or delete: the build it queued
+            text = f"build #{number}"
+        elif entry.action == Action.CREATE:
+            text = f"set {', '.join(sorted(entry.diff))}" if entry.diff else "-"
+        else:
+            text = (
+                "; ".join(
+                    f"{name} changed"
+                    if values.get("secret")
+                    else f"{name}: {_short(values.get('old'))} → {_short(values.get('new'))}"
+                    for name, values in sorted(entry.diff.items())
+                )
+                or "-"
+            )
         return text if len(text) <= 80 else text[:77] + "..."
 
     @admin.display(description="status", ordering="status_code")
