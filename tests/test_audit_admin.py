@@ -315,3 +315,18 @@ def test_it_records_organization_members_changed_inline(
     assert changed.diff == {"roles": {"old": [], "new": ["organization-admin"], "secret": False}}
     removed = only_row(action="delete")
     assert_row(removed, owner, "delete", "organization_member", auditor.pk, 200)
+
+
+def test_it_lets_an_auditor_read_the_trail_in_the_admin(auditor: Any, member: Any) -> None:
+    client = Client()
+    client.force_login(auditor)
+    response = client.get(AUDIT)
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == AuditLog.objects.count() > 0
+    entry = AuditLog.objects.first()
+    assert client.get(f"{AUDIT}{entry.pk}/change/").status_code == 200
+    assert client.post(f"{AUDIT}{entry.pk}/delete/", {"post": "yes"}).status_code == 403
+
+    member_client = Client()
+    member_client.force_login(member)
+    assert member_client.get(AUDIT).status_code == 302  # to the admin's login page
