@@ -24,6 +24,7 @@ from ninja import NinjaAPI, Schema, Swagger
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 
+from coderd.decoding import UNSUPPORTED
 from coderd.errors import APIError
 from coderd.users.auth import session_auth
 
@@ -54,11 +55,15 @@ def _field_name(loc: tuple | list) -> str:
 
 
 def _validation_detail(error: dict[str, Any]) -> str:
-    if error.get("type") == "extra_forbidden":
-        return "Unknown field."
     if error.get("type") == "missing":
         return "Required field is missing."
     return str(error.get("msg", "Invalid value."))
+
+
+def _validation(error: dict[str, Any]) -> dict[str, str]:
+    if error.get("type") == UNSUPPORTED:  # a schema naming the field it cannot honour
+        return {"field": str(error["ctx"]["field"]), "detail": str(error["ctx"]["detail"])}
+    return {"field": _field_name(error.get("loc", ())), "detail": _validation_detail(error)}
 
 
 class CoderAPI(NinjaAPI):
@@ -149,10 +154,7 @@ def _api_error(request: HttpRequest, exc: APIError) -> HttpResponse:
 
 @api.exception_handler(ValidationError)
 def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    validations = [
-        {"field": _field_name(e.get("loc", ())), "detail": _validation_detail(e)} for e in exc.errors
-    ]
-    return json_error(400, "Validation failed.", validations=validations)
+    return json_error(400, "Validation failed.", validations=[_validation(e) for e in exc.errors])
 
 
 @api.exception_handler(AuthenticationError)

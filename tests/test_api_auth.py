@@ -119,10 +119,16 @@ def test_it_gives_sessions_and_tokens_their_lifetimes(owner, settings):
         seconds=settings.MAX_TOKEN_LIFETIME
     )
     too_long = int(settings.MAX_TOKEN_LIFETIME + 1) * 10**9
-    assert client.post("users/me/keys/tokens", {"lifetime": too_long}).status_code == 400
-    r = client.post("users/me/keys/tokens", {"lifetime": 1})  # one nanosecond: not a usable token
-    assert r.status_code == 400
-    assert "given in nanoseconds" in r.json()["validations"][0]["detail"]
+    r = client.post("users/me/keys/tokens", {"lifetime": too_long})
+    assert r.status_code == 400 and r.json()["validations"][0]["field"] == "lifetime"
+    with time_machine.travel(T0, tick=False):
+        # One nanosecond, rounded up to the second a token lives at least; 0 is Coder's "not given".
+        short = client.post("users/me/keys/tokens", {"lifetime": 1}).json()["key"]
+        zero = client.post("users/me/keys/tokens", {"lifetime": 0}).json()["key"]
+    assert APIKey.objects.get(pk=short.split("-")[0]).expires_at == T0 + timedelta(seconds=1)
+    assert APIKey.objects.get(pk=zero.split("-")[0]).expires_at == T0 + timedelta(
+        seconds=settings.MAX_TOKEN_LIFETIME
+    )
 
 
 def test_it_refuses_a_second_token_of_the_same_name(owner, member):

@@ -13,7 +13,7 @@ from pydantic import Field
 from coderd.errors import BadRequest, Forbidden, NotFound, field_error
 from coderd.pagination import Page
 from coderd.users import auth, services
-from coderd.users.models import LoginType, OrganizationMember, Role, User, UserStatus
+from coderd.users.models import LoginType, Organization, OrganizationMember, Role, User, UserStatus
 from coderd.users.schemas import (
     APIKeyResponse,
     CreateFirstUserRequest,
@@ -142,7 +142,24 @@ def list_users(request: HttpRequest, page: Query[Page], filters: Query[UserFilte
 
 @router.post("/users", response={201: UserOut, **ERRORS}, summary="Create user")
 def create_user(request: HttpRequest, req: CreateUserRequest) -> Any:
-    user = services.create_user(actor(request), req.email, req.username, req.password, roles=req.roles)
+    organizations = []
+    for ref in dict.fromkeys(req.organization_refs()):
+        if ref is None:
+            organizations.append(services.default_organization())
+            continue
+        org = Organization.objects.filter(pk=ref).first()
+        if org is None:  # as Coder: 404 naming the id
+            raise NotFound(f"Organization does not exist with the provided id {str(ref)!r}.")
+        organizations.append(org)
+    user = services.create_user(
+        actor(request),
+        req.email,
+        req.username,
+        req.password,
+        roles=req.roles,
+        organizations=organizations,
+        status=req.user_status or UserStatus.ACTIVE,
+    )
     if req.name:
         User.objects.filter(pk=user.pk).update(name=req.name)
         user.name = req.name
@@ -201,16 +218,14 @@ def create_key(request: HttpRequest, user: str) -> Any:
 
 @router.post("/users/{user}/keys/tokens", response={201: APIKeyResponse, **ERRORS}, summary="Create a token")
 def create_token(request: HttpRequest, user: str, req: CreateTokenRequest) -> Any:
-    lifetime = None
-    if req.lifetime is not None:
-        # Coder's unit is the nanosecond; a token lives whole seconds, at least one.
-        lifetime = req.lifetime // 1_000_000_000
-        if not 1 <= lifetime <= settings.MAX_TOKEN_LIFETIME:
-            raise field_error(
-                "lifetime",
-                f"Must be between 1s and {int(settings.MAX_TOKEN_LIFETIME)}s, given in nanoseconds "
-                f"(1s = 1000000000).",
-            )
+    # Coder's unit is the nanosecond; a token lives whole seconds. 0 is Coder's "not given".
+    lifetime = -(-req.lifetime // 1_000_000_000) or None
+    if lifetime is not None and lifetime > settings.MAX_TOKEN_LIFETIME:
+        raise field_error(
+            "lifetime",
+            f"Must be at most {int(settings.MAX_TOKEN_LIFETIME)}s (CODER_MAX_TOKEN_LIFETIME), given in "
+            f"nanoseconds (1s = 1000000000).",
+        )
     _key, token = services.issue_api_key(
         _key_owner(request, user), LoginType.TOKEN, lifetime_seconds=lifetime, token_name=req.token_name
     )

@@ -1,6 +1,7 @@
 """Request and response bodies of the users and organizations API, with Coder's field names.
 
-Request bodies forbid unknown fields, so a typo is a 400 naming the field rather than silently ignored.
+Request bodies are read as Coder's server reads them (coderd.decoding): unknown fields ignored,
+`null` as absent. A field Coder has and coderd cannot honour is a 400 naming it.
 """
 
 from __future__ import annotations
@@ -9,15 +10,28 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
+from django.conf import settings
 from ninja import Schema
-from pydantic import ConfigDict, Field
+from pydantic import Field, model_validator
 
+from coderd.decoding import Request, Uuid, refuse_unless
 from coderd.shapes import or_zero_time
 from coderd.users.models import Organization, Role, User
 
+# Coder's name rule for users, templates and workspaces (codersdk.NameValid), for the OpenAPI document;
+# coderd.users.services.validate_name enforces it.
+NAME_PATTERN = r"^[a-zA-Z0-9]+(?:-[a-zA-Z0-9]+)*$"
+NAME_MAX_LENGTH = 32
 
-class Request(Schema):
-    model_config = ConfigDict(extra="forbid")
+
+def name_field(description: str = "") -> Any:
+    """A name by Coder's rule, in the OpenAPI document; services.validate_name checks it with the
+    request's other fields, so that one 400 names every bad field."""
+    schema = {"minLength": 1, "maxLength": NAME_MAX_LENGTH, "pattern": NAME_PATTERN}
+    return Field(description=description, json_schema_extra=schema)
+
+
+RoleName = Literal["owner", "user-admin", "template-admin", "auditor", "member"]
 
 
 class Message(Schema):
@@ -41,13 +55,18 @@ class ErrorOut(Schema):
 
 # A password is hashed on every login: an unbounded one would make each attempt arbitrarily slow.
 MAX_PASSWORD_LENGTH = 1024
+EMAIL_MAX_LENGTH = 254  # the User model's
 
 
 class CreateFirstUserRequest(Request):
-    email: str
-    username: str
+    """Coder's CreateFirstUserRequest. `trial` and `trial_info` are read and, as by Coder's open-source
+    server (no trial generator), not acted on."""
+
+    email: str = Field(max_length=EMAIL_MAX_LENGTH)
+    username: str = name_field()
     password: str = Field(max_length=MAX_PASSWORD_LENGTH)
-    name: str = ""
+    name: str = Field("", max_length=128)
+    trial: bool = False
 
 
 class LoginRequest(Request):
@@ -56,22 +75,53 @@ class LoginRequest(Request):
 
 
 class CreateUserRequest(Request):
-    email: str
-    username: str
-    password: str = Field(max_length=MAX_PASSWORD_LENGTH)
-    name: str = ""
-    roles: list[str] = []
+    """Coder's CreateUserRequestWithOrgs (and the 2022 `organization_id`). With no organization
+    given, the user joins the default one; a zero id means the default one, as in Coder."""
+
+    email: str = Field(max_length=EMAIL_MAX_LENGTH)
+    username: str = name_field()
+    password: str = Field("", max_length=MAX_PASSWORD_LENGTH)
+    name: str = Field("", max_length=128)
+    login_type: Literal["", "password", "none", "github", "oidc"] = ""
+    user_status: Literal["active", "dormant", "suspended"] | None = None
+    organization_ids: list[Uuid] = Field(
+        [], description="Organizations to join (ids; the zero id is the default one)."
+    )
+    organization_id: Uuid | None = Field(None, description="Coder 2022's single organization.")
+    roles: list[RoleName] = Field([], description="Site roles (coderd's own field).")
+
+    @model_validator(mode="after")
+    def _supported(self) -> CreateUserRequest:
+        refuse_unless(
+            self.login_type in ("", "password"),
+            "login_type",
+            'coderd signs users in with a password only: use "password".',
+        )
+        return self
+
+    def organization_refs(self) -> list[uuid.UUID | None]:
+        """The organizations asked for; None for the default one."""
+        given = [*self.organization_ids, *([self.organization_id] if self.organization_id else [])]
+        return [None if ref.int == 0 else ref for ref in given] or [None]
 
 
 class UpdateRolesRequest(Request):
-    roles: list[str]
+    roles: list[RoleName]
+
+
+MAX_TOKEN_LIFETIME_NS = int(settings.MAX_TOKEN_LIFETIME) * 1_000_000_000
 
 
 class CreateTokenRequest(Request):
-    # Coder's `lifetime` is a Go duration: nanoseconds.
-    lifetime: int | None = Field(None, gt=0, description="Token lifetime in nanoseconds (Coder's unit).")
+    lifetime: int = Field(
+        0,
+        ge=0,
+        le=MAX_TOKEN_LIFETIME_NS,
+        description="Token lifetime in nanoseconds, Coder's unit (a Go duration), rounded up to whole "
+        "seconds; 0 for the longest allowed (CODER_MAX_TOKEN_LIFETIME).",
+    )
     token_name: str = Field("", max_length=64)
-    scope: str = Field("all", pattern="^all$")
+    scope: Literal["all"] = Field("all", description="coderd's tokens carry every permission of their user.")
 
 
 # --- responses --------------------------------------------------------------------------------------

@@ -182,7 +182,17 @@ def create_first_user(email: str, username: str, password: str) -> tuple[User, O
 
 
 @audited(Action.CREATE, result=True, status=201)
-def create_user(actor: User, email: str, username: str, password: str, roles: Iterable[str] = ()) -> User:
+def create_user(
+    actor: User,
+    email: str,
+    username: str,
+    password: str,
+    roles: Iterable[str] = (),
+    organizations: Iterable[Organization] = (),
+    status: str = UserStatus.ACTIVE,
+) -> User:
+    """A user in `organizations` (the default one when none), with `status` (Coder lets an admin
+    create a dormant or suspended account)."""
     if not auth.can_manage_users(actor):
         raise Forbidden("Only owners and user admins can create users.")
     roles = sorted({r for r in roles if r != Role.MEMBER})
@@ -194,7 +204,11 @@ def create_user(actor: User, email: str, username: str, password: str, roles: It
     email = _validate_new_user(email, username, password)
     with transaction.atomic():
         user = _create_user_row(email, username, password, roles)
-        ensure_member(user, default_organization())
+        if status != UserStatus.ACTIVE:
+            User.objects.filter(pk=user.pk).update(status=status)
+            user.status = status
+        for organization in list(organizations) or [default_organization()]:
+            ensure_member(user, organization)
     return user
 
 

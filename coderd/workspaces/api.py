@@ -15,7 +15,7 @@ from django.utils import timezone
 from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
-from coderd.errors import BadRequest, Gone, NotFound
+from coderd.errors import BadRequest, Gone, NotFound, field_error
 from coderd.pagination import Page
 from coderd.users import auth
 from coderd.users.api import ERRORS, actor, visible_organization
@@ -122,7 +122,7 @@ def create_template_version(
         org,
         req.provisioner,
         req.source,
-        name=req.name,
+        name=req.name or None,
         template=template,
         message=req.message,
     )
@@ -264,13 +264,42 @@ def set_active_version(request: HttpRequest, template: uuid.UUID, req: UpdateAct
     summary="Create a workspace and its first start build",
 )
 def create_workspace(request: HttpRequest, organization: str, user: str, req: CreateWorkspaceRequest) -> Any:
-    org = visible_organization(request, organization)
-    owner = user_by_ref(actor(request), user)
-    template = Template.objects.filter(pk=req.template_id, organization=org, deleted=False).first()
-    if template is None:
-        raise BadRequest(
-            "Template not found.", validations=[{"field": "template_id", "detail": "No such template."}]
+    return _create_workspace(request, visible_organization(request, organization), user, req)
+
+
+@router.post(
+    "/users/{user}/workspaces",
+    response={201: WorkspaceOut, **ERRORS},
+    tags=["Workspaces"],
+    summary="Create a workspace in its template's organization",
+)
+def create_user_workspace(request: HttpRequest, user: str, req: CreateWorkspaceRequest) -> Any:
+    return _create_workspace(request, None, user, req)
+
+
+def _template_for(request: HttpRequest, org: Any, req: CreateWorkspaceRequest) -> Template:
+    templates = Template.objects.filter(deleted=False)
+    if org is not None:
+        templates = templates.filter(organization=org)
+    if req.template_id is not None:
+        template = templates.filter(pk=req.template_id).first()
+        field = "template_id"
+    else:
+        version = TemplateVersion.objects.filter(pk=req.template_version_id).first()
+        template = (
+            templates.filter(pk=version.template_id).first() if version and version.template_id else None
         )
+        field = "template_version_id"
+        if template is not None and template.active_version_id != req.template_version_id:
+            raise field_error(field, "coderd builds a template's active version only; this is not it.")
+    if template is None or not _in_organization(actor(request), template.organization_id):
+        raise BadRequest("Template not found.", validations=[{"field": field, "detail": "No such template."}])
+    return template
+
+
+def _create_workspace(request: HttpRequest, org: Any, user: str, req: CreateWorkspaceRequest) -> Any:
+    owner = user_by_ref(actor(request), user)
+    template = _template_for(request, org, req)
     ws = services.create_workspace(actor(request), owner, template, req.name)
     return Status(201, workspace_json(Workspace.objects.select_related(*WORKSPACE_RELATED).get(pk=ws.pk)))
 
@@ -392,6 +421,10 @@ def get_workspace_by_name(
 )
 def create_build(request: HttpRequest, workspace: uuid.UUID, req: CreateBuildRequest) -> Any:
     ws = get_workspace(request, workspace, include_deleted=False)
+    if req.template_version_id not in (None, ws.template.active_version_id):
+        raise field_error(
+            "template_version_id", "coderd builds the template's active version only; this is not it."
+        )
     build = services.create_build(actor(request), ws, req.transition)
     return Status(201, build_json(WorkspaceBuild.objects.select_related(*BUILD_RELATED).get(pk=build.pk)))
 

@@ -425,7 +425,7 @@ def template_json(template: Template) -> dict[str, Any]:
         "failure_ttl_ms": 0,
         "time_til_dormant_ms": 0,
         "time_til_dormant_autodelete_ms": 0,
-        "require_active_version": False,
+        "require_active_version": True,  # builds always use the active version
         "max_port_share_level": "owner",
         "cors_behavior": "simple",
         "use_classic_parameter_flow": False,
@@ -487,7 +487,7 @@ def workspace_json(ws: Workspace) -> dict[str, Any]:
         "template_icon": "",
         "template_allow_user_cancel_workspace_jobs": True,
         "template_active_version_id": or_zero_uuid(template.active_version_id),
-        "template_require_active_version": False,
+        "template_require_active_version": True,
         "template_use_classic_parameter_flow": False,
         "latest_build": build,
         "latest_app_status": None,
@@ -500,7 +500,7 @@ def workspace_json(ws: Workspace) -> dict[str, Any]:
         "deleting_at": None,
         "dormant_at": None,
         "health": {"healthy": True, "failing_agents": []},
-        "automatic_updates": "never",
+        "automatic_updates": "always",  # every build takes the template's active version
         "allow_renames": False,
         "favorite": False,
         "next_start_at": None,
