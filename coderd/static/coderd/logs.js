@@ -15,13 +15,15 @@
     socket.onopen = () => say("Following: new lines appear as the job writes them.");
     socket.onmessage = (event) => {
       const line = JSON.parse(event.data);
+      // Coder's ProvisionerJobLog names it log_level.
+      const level = String(line.log_level || line.level || "info");
       const empty = pre.querySelector(".coderd-log-empty");
       if (empty) empty.remove();
       const span = document.createElement("span");
-      span.className = "coderd-log coderd-log-" + line.level;
+      span.className = "coderd-log coderd-log-" + level;
       const time = new Date(line.created_at).toISOString().slice(11, 23);
       const stage = line.stage ? "[" + line.stage + "] " : "";
-      span.textContent = time + " " + line.level.toUpperCase().padEnd(5) + " " + stage + line.output;
+      span.textContent = time + " " + level.toUpperCase().padEnd(5) + " " + stage + line.output;
       const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
       pre.append(span, "\n");
       if (atBottom) pre.scrollTop = pre.scrollHeight;
@@ -29,7 +31,7 @@
     };
     socket.onclose = (event) => {
       if (event.code === 1000) {
-        say("The job has ended" + (received ? "" : "") + ": reload the page for its final state.");
+        say("The job has ended (" + received + " new lines): reload the page for its final state.");
       } else {
         say("Not following (the connection closed with code " + event.code + ").");
       }
