@@ -41,7 +41,7 @@ BASE_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BASE_DIR))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coderd.settings")
 
-from coderd.env import EnvError, env_address, env_bool, env_int  # noqa: E402 (after sys.path)
+from coderd.env import EnvError, env_address, env_bool, env_int, invoked_as  # noqa: E402 (after sys.path)
 
 
 def _exit(code: int) -> None:
@@ -52,7 +52,7 @@ def _exit(code: int) -> None:
 
 
 def _die(message: str) -> None:
-    print(f"coderd gunicorn: {message}", file=sys.stderr)
+    print(f"{invoked_as()}: {message}", file=sys.stderr)
     _exit(2)
 
 
@@ -137,7 +137,7 @@ def _migrate() -> None:
     migrate()
     problem = redis_problem()
     if problem:  # the environment, not the command line: exit 1, as `manage.py server`
-        print(f"coderd gunicorn: {problem}", file=sys.stderr)
+        print(f"{invoked_as()}: {problem}", file=sys.stderr)
         _exit(1)
 
 

@@ -6,7 +6,7 @@ import sys
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coderd.settings")
 
-from coderd.env import EnvError
+from coderd.env import EnvError, invoked_as
 
 try:
     import django
@@ -16,7 +16,7 @@ try:
 
     http_app = HTTPApplication()
 except EnvError as exc:
-    print(f"coderd: {exc}", file=sys.stderr)
+    print(f"{invoked_as()}: {exc}", file=sys.stderr)
     sys.exit(2)
 
 from channels.routing import ProtocolTypeRouter, URLRouter

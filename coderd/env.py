@@ -1,7 +1,8 @@
 """Typed readers for CODER_* environment variables.
 
 Every reader refuses a bad value with an EnvError whose message names the variable, so start-up
-stops with one clear line (manage.py, asgi.py and gunicorn.conf.py print it and exit 2).
+stops with one clear line (manage.py, asgi.py and gunicorn.conf.py print it and exit 2), prefixed,
+as every one-line error of coderd's commands, with `invoked_as()`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -37,6 +39,21 @@ _HOSTNAME = re.compile(
 
 class EnvError(ValueError):
     """A CODER_* variable holds a value that cannot be used."""
+
+
+def invoked_as(argv: Sequence[str] | None = None) -> str:
+    """The command as it was typed, the prefix of every one-line error (`<command>: <message>`):
+    `manage.py server`, `manage.py provisionerd`, `gunicorn`. For a management command it is the
+    `prog` argparse puts before its own errors, so flag errors and the others read alike."""
+    argv = sys.argv if argv is None else argv
+    if not argv or not argv[0]:
+        return "coderd"
+    name = os.path.basename(argv[0])
+    if name == "__main__.py":  # python -m <package>
+        name = f"python -m {os.path.basename(os.path.dirname(argv[0]))}"
+    if name.endswith(("manage.py", "django-admin")) and len(argv) > 1 and not argv[1].startswith("-"):
+        return f"{name} {argv[1]}"
+    return name
 
 
 def _raw(name: str, environ: Mapping[str, str] | None) -> str | None:

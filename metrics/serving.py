@@ -39,6 +39,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from coderd.env import invoked_as
 from metrics import runtime
 from metrics.observer import MetricsJobObserver
 from metrics.runtime import MetricsState
@@ -371,7 +372,7 @@ def start_metrics() -> tuple[Callable[[], None], MetricsJobObserver]:
     try:
         listener = start_listener(host, port)
     except ListenerError as exc:
-        sys.stderr.write(f"coderd: {exc}\n")
+        sys.stderr.write(f"{invoked_as()}: {exc}\n")
         sys.exit(1)
     refresh_database_gauges()
     return listener.stop, get_observer()

@@ -71,7 +71,7 @@ def test_it_refuses_a_bad_variable_in_one_line(tmp_path: Path, extra: dict[str, 
         timeout=TIMEOUT,
     )
     line = one_line(done)
-    assert line.startswith("coderd: ")
+    assert line.startswith("manage.py check: ")
     assert expected in line
     assert "ijklmnopq" not in line  # a key is never echoed
     if with_empty_dir:
@@ -82,7 +82,7 @@ def test_it_refuses_an_http_address_that_is_no_ip_address_before_binding(tmp_pat
     done = manage("server", env=clean_env(tmp_path, CODER_HTTP_ADDRESS="256.1.1.1:3000"))
     line = one_line(done)
     assert line == (
-        "coderd: CODER_HTTP_ADDRESS='256.1.1.1:3000' is not a valid address "
+        "manage.py server: CODER_HTTP_ADDRESS='256.1.1.1:3000' is not a valid address "
         "(use host:port, e.g. 127.0.0.1:3000 or [::1]:3000)"
     )
 
@@ -112,9 +112,9 @@ def test_the_server_refuses_a_bad_access_url_at_start_up(tmp_path: Path, url: st
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--session-duration", "800h"], "coderd: --session-duration (800h) is longer than CODER_MAX_TOKEN_LIFETIME (720h)"),
-        (["--max-token-lifetime", "1h"], "coderd: CODER_SESSION_DURATION (24h) is longer than --max-token-lifetime (1h)"),
-        (["--session-duration", "2h", "--max-token-lifetime", "1h"], "coderd: --session-duration (2h) is longer than --max-token-lifetime (1h)"),
+        (["--session-duration", "800h"], "manage.py server: --session-duration (800h) is longer than CODER_MAX_TOKEN_LIFETIME (720h)"),
+        (["--max-token-lifetime", "1h"], "manage.py server: CODER_SESSION_DURATION (24h) is longer than --max-token-lifetime (1h)"),
+        (["--session-duration", "2h", "--max-token-lifetime", "1h"], "manage.py server: --session-duration (2h) is longer than --max-token-lifetime (1h)"),
         (["--session-duration", "500ms"], "manage.py server: --session-duration='500ms' must be at least 1s"),
         (["--max-token-lifetime", "99999999999999999h"], "manage.py server: --max-token-lifetime='99999999999999999h' is too long (at most 2562047h)"),
         (["--provisioner-daemons", "101"], "manage.py server: --provisioner-daemons='101' must be at most 100"),
@@ -176,9 +176,9 @@ def test_runserver_exits_1_in_one_line_when_its_port_is_in_use(tmp_path: Path) -
     [
         (["--url", "http://127.0.0.1:99999"], {}, "manage.py provisionerd: --url='http://127.0.0.1:99999' is not a URL: Port out of range 0-65535"),
         (["--url", "http://127.0.0.1:abc"], {}, "manage.py provisionerd: --url='http://127.0.0.1:abc' is not a URL"),
-        ([], {"CODER_URL": "http://[bad"}, "provisionerd: CODER_URL='http://[bad' is not a URL: Invalid IPv6 URL"),
+        ([], {"CODER_URL": "http://[bad"}, "manage.py provisionerd: CODER_URL='http://[bad' is not a URL: Invalid IPv6 URL"),
         (["--url", "http://127.0.0.1:1", "--poll-interval", "99999999999h"], {}, "manage.py provisionerd: --poll-interval='99999999999h' is too long (at most 1h)"),
-        (["--url", "http://127.0.0.1:1"], {"CODER_PROVISIONER_DAEMON_POLL_INTERVAL": "2h"}, "provisionerd: CODER_PROVISIONER_DAEMON_POLL_INTERVAL='2h' is too long"),
+        (["--url", "http://127.0.0.1:1"], {"CODER_PROVISIONER_DAEMON_POLL_INTERVAL": "2h"}, "manage.py provisionerd: CODER_PROVISIONER_DAEMON_POLL_INTERVAL='2h' is too long"),
     ],
 )  # fmt: skip
 def test_provisionerd_refuses_a_bad_flag_in_one_line(
@@ -192,8 +192,47 @@ def test_provisionerd_refuses_a_key_that_cannot_be_a_header(tmp_path: Path) -> N
     argv = ["provisionerd", "start", "--url", "http://127.0.0.1:1", "--psk", "secret-part\nsecond-part"]
     line = one_line(manage(*argv, env=clean_env(tmp_path)))
     assert (
-        line == "provisionerd: --psk must be printable ASCII without newlines (e.g. `openssl rand -hex 24`)"
+        line
+        == "manage.py provisionerd: --psk must be printable ASCII without newlines (e.g. `openssl rand -hex 24`)"
     )
+
+
+def test_provisionerd_without_a_subcommand_names_it(tmp_path: Path) -> None:
+    line = one_line(
+        manage("provisionerd", "--url", "http://127.0.0.1:1", "--psk", "k" * 20, env=clean_env(tmp_path))
+    )
+    assert line.startswith("manage.py provisionerd: missing subcommand: start (manage.py provisionerd start ")
+    line = one_line(manage("provisionerd", "stop", env=clean_env(tmp_path)))
+    assert line == "manage.py provisionerd: argument start: invalid choice: 'stop' (choose from 'start')"
+
+
+def test_provisionerd_help_names_the_subcommand_and_reads_well(tmp_path: Path) -> None:
+    done = manage("provisionerd", "--help", env=clean_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: manage.py provisionerd start --url URL --psk KEY [options]")
+    text = " ".join(done.stdout.split())  # argparse wraps lines anywhere
+    assert "default default" not in text
+    assert "[env CODER_ORGANIZATION, default the default organization]" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["manage.py", "server", "--http-address", "x"], "manage.py server"),
+        (["/srv/coderd/manage.py", "provisionerd", "start"], "manage.py provisionerd"),
+        (["manage.py", "--help"], "manage.py"),
+        (["/srv/coderd/.venv/bin/gunicorn", "-c", "gunicorn.conf.py"], "gunicorn"),
+        (
+            ["/usr/lib/python3/site-packages/uvicorn/__main__.py", "coderd.asgi:application"],
+            "python -m uvicorn",
+        ),
+        ([], "coderd"),
+    ],
+)
+def test_every_one_line_error_starts_with_the_command_as_invoked(argv: list[str], expected: str) -> None:
+    from coderd.env import invoked_as
+
+    assert invoked_as(argv) == expected
 
 
 @pytest.fixture
@@ -219,9 +258,9 @@ def test_provisionerd_stops_in_one_line_when_coderd_refuses_it(tmp_path: Path, r
     done = manage("provisionerd", "start", "--url", url, "--psk", "k" * 20, env=clean_env(tmp_path))
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("provisionerd: ")]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("manage.py provisionerd: ")]
     assert len(errors) == 1, done.stderr
-    assert errors[0].startswith("provisionerd: coderd refused the connection (HTTP ")
+    assert errors[0].startswith("manage.py provisionerd: coderd refused the connection (HTTP ")
     assert "check --psk" in errors[0]
     assert "k" * 20 not in done.stderr
 

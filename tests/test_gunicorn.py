@@ -251,7 +251,7 @@ def test_it_says_a_bad_worker_count_in_one_line(tmp_path) -> None:
         assert process.popen.wait(timeout=60) != 0
     finally:
         process.stop()
-    assert "coderd gunicorn: CODER_WORKERS='two' is not an integer" in process.log()
+    assert "gunicorn: CODER_WORKERS='two' is not an integer" in process.log()
     assert "Traceback" not in process.log()
 
 

@@ -185,7 +185,7 @@ def test_it_says_in_one_line_that_the_port_is_in_use(tmp_path: Path) -> None:
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if "coderd.W" not in line]
     assert lines == [
-        f"coderd server: cannot listen on 127.0.0.1:{port} (--http-address / CODER_HTTP_ADDRESS): "
+        f"manage.py server: cannot listen on 127.0.0.1:{port} (--http-address / CODER_HTTP_ADDRESS): "
         "address already in use"
     ]
 
@@ -331,6 +331,7 @@ def test_it_says_in_one_line_that_the_metrics_port_is_in_use(tmp_path: Path) -> 
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert len(done.stderr.splitlines()) == 1, done.stderr  # an environment problem: one line, exit 1
+    assert done.stderr.startswith("manage.py server: cannot listen for metrics on ")
     assert done.stderr.splitlines()[-1].endswith(
         f"127.0.0.1:{port} (--prometheus-address / CODER_PROMETHEUS_ADDRESS): address already in use"
     )
@@ -345,7 +346,7 @@ def test_it_says_in_one_line_that_redis_cannot_be_reached(tmp_path: Path) -> Non
     )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("coderd server:")]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("manage.py server:")]
     assert len(errors) == 1
     assert "cannot reach Redis (CODER_REDIS_URL)" in errors[0]
 
@@ -360,7 +361,7 @@ def test_it_says_in_one_line_that_the_database_cannot_be_reached(tmp_path: Path)
     )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("coderd server:")]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("manage.py server:")]
     assert len(errors) == 1
     # Besides that line, only the start-up check warnings (W101: PostgreSQL without Redis).
     assert [

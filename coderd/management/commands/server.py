@@ -29,6 +29,7 @@ from coderd.env import (
     MAX_PROVISIONER_DAEMONS,
     EnvError,
     format_duration,
+    invoked_as,
     parse_address,
     parse_bool,
     parse_duration,
@@ -325,13 +326,13 @@ def _migrate() -> None:
             "CODER_PG_CONNECTION_URL" if settings.PG_CONNECTION_URL else f"CODER_DATA_DIR={settings.DATA_DIR}"
         )
         reason = " ".join(str(exc).split())
-        sys.stderr.write(f"coderd server: cannot use the database ({where}): {reason}\n")
+        sys.stderr.write(f"{invoked_as()}: cannot use the database ({where}): {reason}\n")
         sys.exit(1)
     from coderd.deploy_checks import redis_problem
 
     problem = redis_problem()
     if problem:
-        sys.stderr.write(f"coderd server: {problem}\n")
+        sys.stderr.write(f"{invoked_as()}: {problem}\n")
         sys.exit(1)
 
 
@@ -362,7 +363,7 @@ def _bind(address: tuple[str, int]) -> socket.socket:
     except OSError as exc:
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
         sys.stderr.write(
-            f"coderd server: cannot listen on {_host_port(host, port)} "
+            f"{invoked_as()}: cannot listen on {_host_port(host, port)} "
             f"(--http-address / CODER_HTTP_ADDRESS): {reason}\n"
         )
         sys.exit(1)
@@ -380,7 +381,7 @@ def _start_metrics(options: dict[str, Any]) -> tuple[Callable[[], None], Any]:
     try:
         from metrics.serving import start_metrics
     except ImportError:
-        sys.stderr.write("coderd server: metrics are enabled but metrics.serving is not available\n")
+        sys.stderr.write(f"{invoked_as()}: metrics are enabled but metrics.serving is not available\n")
         sys.exit(1)
     return start_metrics()
 

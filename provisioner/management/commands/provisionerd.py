@@ -24,7 +24,15 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from coderd.cli import Once as _Once
 from coderd.cli import OneLineCommand
-from coderd.env import EnvError, parse_address, parse_bool, parse_duration, parse_http_url, psk_problem
+from coderd.env import (
+    EnvError,
+    invoked_as,
+    parse_address,
+    parse_bool,
+    parse_duration,
+    parse_http_url,
+    psk_problem,
+)
 from provisioner.runners import KNOWN_PROVISIONERS
 
 logger = logging.getLogger("provisioner.provisionerd")
@@ -66,7 +74,7 @@ def _wrap(parse: Any, name: str) -> Any:
     return convert
 
 
-# flag -> (environment variable, default, help)
+# flag -> (environment variable, default, help); the default as --help shows it is DEFAULT_SHOWN's.
 ENV = {
     "url": ("CODER_URL", None, "URL of coderd"),
     "psk": ("CODER_PROVISIONER_DAEMON_PSK", None, "Pre-shared key coderd expects from external daemons"),
@@ -83,6 +91,9 @@ ENV = {
 }
 
 
+DEFAULT_SHOWN = {"name": "this machine's hostname", "organization": "the default organization"}
+
+
 class Command(OneLineCommand, BaseCommand):
     help = "Run an external provisioner daemon: `provisionerd start --url URL --psk KEY`."
     requires_system_checks: list[str] = []
@@ -93,7 +104,12 @@ class Command(OneLineCommand, BaseCommand):
     }  # fmt: skip
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("action", choices=["start"], help="start: connect and run jobs")
+        # Optional for argparse so that a missing subcommand gets our line naming it, not argparse's
+        # "the following arguments are required: action".
+        parser.usage = "%(prog)s start --url URL --psk KEY [options]"
+        parser.add_argument(
+            "subcommand", nargs="?", choices=["start"], metavar="start", help="connect to coderd and run jobs"
+        )
         types = {
             "url": _url,
             "psk": str,
@@ -126,7 +142,9 @@ class Command(OneLineCommand, BaseCommand):
                 action=_Once,
                 metavar=metavars[dest],
                 default=None,
-                help=f"{text} [env {env}, " + ("required" if default is None else f"default {default}") + "]",
+                help=f"{text} [env {env}, "
+                + ("required" if default is None else f"default {DEFAULT_SHOWN.get(dest, default)}")
+                + "]",
                 **extra,
             )
 
@@ -155,12 +173,16 @@ class Command(OneLineCommand, BaseCommand):
             self._fail(str(exc).replace(f"--{dest.replace('_', '-')}=", f"{env}="))
 
     def _fail(self, message: str, code: int = 2) -> None:
-        sys.stderr.write(f"provisionerd: {message}\n")
+        sys.stderr.write(f"{invoked_as()}: {message}\n")
         sys.exit(code)
 
     def handle(self, *args: Any, **options: Any) -> None:
         from provisioner.remote import Refused, RemoteDaemon
 
+        if options.get("subcommand") is None:
+            self._fail(
+                "missing subcommand: start (manage.py provisionerd start --url URL --psk KEY; see --help)"
+            )
         logging.getLogger().setLevel(settings.LOG_LEVEL)
         url = self._value(options, "url")
         psk = self._value(options, "psk")
