@@ -234,10 +234,12 @@ def buildinfo(request: HttpRequest) -> dict:
 def _register_routers() -> None:
     from coderd.audit.api import router as audit_router
     from coderd.users.api import router as users_router
+    from coderd.users.tokens_api import router as tokens_router
     from coderd.workspaces.api import router as workspaces_router
     from provisioner.api import router as provisioner_router
 
     api.add_router("/", users_router)
+    api.add_router("/", tokens_router)
     api.add_router("/", workspaces_router)
     api.add_router("/", provisioner_router)
     api.add_router("/", audit_router)

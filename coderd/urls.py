@@ -42,6 +42,27 @@ for pattern in api_patterns:
     if not getattr(pattern.callback, "csrf_exempt", False):
         pattern.callback = read_only(pattern.callback)
 
+# Coder's router (chi) answers a resource or a collection (a `r.Route("/x", ...)` with its `Get("/")`)
+# with and without a trailing slash, and its leaf actions (`r.Put("/status/suspend")`) only without:
+# the same routes again with the slash, after all the others, so an exact route always wins.
+CHI_LEAVES = {"first", "login", "logout", "authmethods", "suspend", "activate", "roles", "cancel", "logs"}
+
+
+def _with_trailing_slash(patterns: list) -> list:
+    extra = []
+    for pattern in patterns:
+        route = str(pattern.pattern)
+        last = route.rsplit("/", 1)[-1]
+        if not route or route.endswith("/") or last in CHI_LEAVES or route.startswith(("docs", "openapi")):
+            continue
+        if "/workspace/<" in route or route == "buildinfo":  # chi leaves with a parameter
+            continue
+        extra.append(path(route + "/", pattern.callback))
+    return extra
+
+
+api_patterns = [*api_patterns, *_with_trailing_slash(api_patterns)]
+
 urlpatterns = [
     path("healthz", read_only(healthz), name="healthz"),
     path("api/v2/", (api_patterns, api_app_name, api_namespace)),

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from django.conf import settings
 from django.db.models import Prefetch, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
-from coderd.errors import BadRequest, Forbidden, NotFound, field_error
+from coderd.errors import BadRequest, Forbidden, NotFound
 from coderd.pagination import Page
 from coderd.users import auth, services
-from coderd.users.models import LoginType, Organization, OrganizationMember, Role, User, UserStatus
+from coderd.users.models import Organization, OrganizationMember, Role, User, UserStatus
 from coderd.users.schemas import (
-    APIKeyResponse,
     CreateFirstUserRequest,
-    CreateTokenRequest,
     CreateUserRequest,
     ErrorOut,
     FirstUserResponse,
@@ -170,6 +167,40 @@ def _user(request: HttpRequest, ref: str) -> User:
     return services.user_by_ref(actor(request), ref)
 
 
+class EnabledOut(Schema):
+    enabled: bool
+
+
+class GithubMethodOut(EnabledOut):
+    default_provider_configured: bool
+
+
+class OIDCMethodOut(EnabledOut):
+    # Coder's JSON names.
+    signInText: str
+    iconUrl: str
+
+
+class AuthMethodsOut(Schema):
+    """Coder's `codersdk.AuthMethods`."""
+
+    terms_of_service_url: str
+    password: EnabledOut
+    github: GithubMethodOut
+    oidc: OIDCMethodOut
+
+
+# Before /users/{user}, which would take "authmethods" for a username.
+@router.get("/users/authmethods", auth=None, response=AuthMethodsOut, summary="Authentication methods")
+def auth_methods(request: HttpRequest) -> Any:
+    return {
+        "terms_of_service_url": "",
+        "password": {"enabled": True},
+        "github": {"enabled": False, "default_provider_configured": False},
+        "oidc": {"enabled": False, "signInText": "", "iconUrl": ""},
+    }
+
+
 @router.get("/users/{user}", response={200: UserOut, **ERRORS}, summary="Get user by id, username or me")
 def get_user(request: HttpRequest, user: str) -> Any:
     return user_json(_user(request, user))
@@ -196,40 +227,12 @@ def update_roles(request: HttpRequest, user: str, req: UpdateRolesRequest) -> An
     return user_json(services.set_user_roles(actor(request), _user(request, user), req.roles))
 
 
-# --- API keys -------------------------------------------------------------------------------------
-
-
-def _key_owner(request: HttpRequest, ref: str) -> User:
+def key_owner(request: HttpRequest, ref: str, verb: str = "create") -> User:
+    """`{user}` of a keys route: yourself, or anyone for an owner (as Coder's personal resources)."""
     user = _user(request, ref)
     if user.pk != actor(request).pk and not auth.is_owner(actor(request)):
-        raise Forbidden("You may only create API keys for yourself.")
+        raise Forbidden(f"You may only {verb} API keys of your own.")
     return user
-
-
-@router.post(
-    "/users/{user}/keys", response={201: APIKeyResponse, **ERRORS}, summary="Create a session API key"
-)
-def create_key(request: HttpRequest, user: str) -> Any:
-    _key, token = services.issue_api_key(
-        _key_owner(request, user), LoginType.PASSWORD, lifetime_seconds=int(settings.SESSION_DURATION)
-    )
-    return Status(201, {"key": token})
-
-
-@router.post("/users/{user}/keys/tokens", response={201: APIKeyResponse, **ERRORS}, summary="Create a token")
-def create_token(request: HttpRequest, user: str, req: CreateTokenRequest) -> Any:
-    # Coder's unit is the nanosecond; a token lives whole seconds. 0 is Coder's "not given".
-    lifetime = -(-req.lifetime // 1_000_000_000) or None
-    if lifetime is not None and lifetime > settings.MAX_TOKEN_LIFETIME:
-        raise field_error(
-            "lifetime",
-            f"Must be at most {int(settings.MAX_TOKEN_LIFETIME)}s (CODER_MAX_TOKEN_LIFETIME), given in "
-            f"nanoseconds (1s = 1000000000).",
-        )
-    _key, token = services.issue_api_key(
-        _key_owner(request, user), LoginType.TOKEN, lifetime_seconds=lifetime, token_name=req.token_name
-    )
-    return Status(201, {"key": token})
 
 
 # --- organizations --------------------------------------------------------------------------------
@@ -244,6 +247,20 @@ def create_token(request: HttpRequest, user: str, req: CreateTokenRequest) -> An
 def user_organizations(request: HttpRequest, user: str) -> Any:
     target = _user(request, user)
     return [organization_json(o) for o in target.organizations.order_by("name", "id")]
+
+
+@router.get(
+    "/organizations",
+    response={200: list[OrganizationOut], **ERRORS},
+    tags=["Organizations"],
+    summary="Organizations the caller may see",
+)
+def list_organizations(request: HttpRequest) -> Any:
+    user = actor(request)
+    organizations = Organization.objects.all()
+    if not auth.can_read_users(user):  # as on /organizations/{organization}: members see theirs
+        organizations = organizations.filter(members=user)
+    return [organization_json(o) for o in organizations.order_by("name", "id")]
 
 
 @router.get(

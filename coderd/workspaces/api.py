@@ -21,7 +21,7 @@ from coderd.users import auth
 from coderd.users.api import ERRORS, actor, visible_organization
 from coderd.users.models import OrganizationMember, User
 from coderd.users.schemas import ErrorOut, Message
-from coderd.users.services import MAX_REF_LENGTH, user_by_ref
+from coderd.users.services import MAX_REF_LENGTH, shown, user_by_ref
 from coderd.workspaces import services
 from coderd.workspaces.models import Template, TemplateVersion, Workspace, WorkspaceBuild
 from coderd.workspaces.responses import with_active_user_count
@@ -207,6 +207,21 @@ def get_template_by_name(request: HttpRequest, organization: str, templatename: 
 
 
 @router.get(
+    "/templates",
+    response={200: list[TemplateOut], **ERRORS},
+    tags=["Templates"],
+    summary="Templates of every organization the caller is in",
+)
+def list_all_templates(request: HttpRequest, page: Query[Page]) -> Any:
+    user = actor(request)
+    templates = Template.objects.select_related(*TEMPLATE_RELATED).filter(deleted=False)
+    if not auth.can_read_users(user):  # as _in_organization: members see their organizations'
+        templates = templates.filter(organization__members=user)
+    templates = with_active_user_count(templates).order_by("organization__name", "name", "id")
+    return [template_json(t) for t in page.apply(templates)]
+
+
+@router.get(
     "/templates/{uuid:template}",
     response={200: TemplateOut, **ERRORS},
     tags=["Templates"],
@@ -237,6 +252,24 @@ def list_template_versions(request: HttpRequest, template: uuid.UUID, page: Quer
     tmpl = get_template(request, template)
     versions = tmpl.versions.select_related(*VERSION_RELATED).order_by("created_at", "id")
     return [template_version_json(v) for v in page.apply(versions)]
+
+
+@router.get(
+    "/templates/{uuid:template}/versions/{templateversionname}",
+    response={200: TemplateVersionOut, **ERRORS},
+    tags=["Templates"],
+    summary="Get a template's version by name",
+)
+def get_template_version_by_name(request: HttpRequest, template: uuid.UUID, templateversionname: str) -> Any:
+    tmpl = get_template(request, template)
+    version = None
+    if len(templateversionname) <= MAX_REF_LENGTH:
+        version = (
+            tmpl.versions.select_related(*VERSION_RELATED).filter(name__iexact=templateversionname).first()
+        )
+    if version is None:
+        raise NotFound(f"No template version named {shown(templateversionname)}.")
+    return template_version_json(version)
 
 
 @router.patch(
