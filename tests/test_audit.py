@@ -384,3 +384,12 @@ def test_it_is_documented_in_the_openapi_schema(anon_api: APIClient) -> None:
     operation = schema["paths"]["/api/v2/audit"]["get"]
     assert {p["name"] for p in operation["parameters"]} >= {"q", "limit", "offset"}
     assert "403" in operation["responses"]
+
+
+def test_it_logs_one_line_per_row(owner: Any, member: Any, caplog: pytest.LogCaptureFixture) -> None:
+    api = client_for(owner)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="coderd.audit.services"):
+        api.put("users/member/status/suspend")
+    lines = [r.getMessage() for r in caplog.records if r.name == "coderd.audit.services"]
+    assert lines == [f"audit: owner write user 'member' status=200 ip={IP}"]

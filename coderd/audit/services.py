@@ -171,7 +171,7 @@ def record(
     actor = actor or context.request_actor(request)
     # In a savepoint: a row that cannot be written must not break the caller's transaction.
     with transaction.atomic():
-        return AuditLog.objects.create(
+        entry = AuditLog.objects.create(
             user_id=getattr(actor, "pk", None),
             organization_id=organization_id,
             ip=context.client_ip(request),
@@ -185,6 +185,17 @@ def record(
             additional_fields=additional_fields or {},
             request_id=context.request_id(request),
         )
+    # Also one log line, as Coder's slog audit backend: a trail an operator can tail or ship.
+    log.info(
+        "audit: %s %s %s %r status=%d ip=%s",
+        getattr(actor, "username", "-"),
+        action,
+        resource_type,
+        entry.resource_target,
+        status,
+        entry.ip or "-",
+    )
+    return entry
 
 
 def record_change(
