@@ -12,7 +12,7 @@ from django.views.defaults import bad_request as django_bad_request
 
 from coderd.api import api, json_error
 from coderd.console import overview_view
-from coderd.views import healthz
+from coderd.views import favicon, healthz
 from metrics.views import metrics_view
 
 SAFE_METHODS = ("GET", "HEAD")
@@ -65,6 +65,7 @@ api_patterns = [*api_patterns, *_with_trailing_slash(api_patterns)]
 
 urlpatterns = [
     path("healthz", read_only(healthz), name="healthz"),
+    path("favicon.ico", read_only(favicon), name="favicon"),
     path("api/v2/", (api_patterns, api_app_name, api_namespace)),
     # The admin index's overview polls this (admin_view: the admin's login, then a role check).
     path("admin/console/overview.json", admin.site.admin_view(overview_view), name="coderd_console_overview"),

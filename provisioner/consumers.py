@@ -330,20 +330,40 @@ class ProvisionerDaemonServeConsumer(JsonConsumer):
         notify.register_serving_loop()
         self.daemon_id: Any = None
         self.job_id: Any = None
+        self.job_spec: Any = None
         self.last_beat = None
         self.name = ""
         expected = settings.PROVISIONER_DAEMON_PSK
         given = _headers(self.scope).get(PSK_HEADER.decode(), "")
         if not expected or not given or not hmac.compare_digest(given.encode(), expected.encode()):
+            # The operator of a daemon that keeps retrying looks here first (the key is never logged).
+            why = (
+                "coderd has no CODER_PROVISIONER_DAEMON_PSK"
+                if not expected
+                else "no key"
+                if not given
+                else "wrong key"
+            )
+            log.warning("refused an external provisioner daemon from %s: %s", self._peer(), why)
             await self.close(
                 code=REFUSED_UNAUTHENTICATED, reason="A valid provisioner daemon key is required."
             )
             return
         self.organization_id = await database_sync_to_async(self._organization)()
         if self.organization_id is None:
+            organization = self.scope["url_route"]["kwargs"]["organization"]
+            log.warning(
+                "refused an external provisioner daemon from %s: no organization %r",
+                self._peer(),
+                organization,
+            )
             await self.close(code=REFUSED_NOT_FOUND, reason="Organization not found.")
             return
         await self.accept()
+
+    def _peer(self) -> str:
+        client = self.scope.get("client") or ("?", 0)
+        return f"{client[0]}:{client[1]}"
 
     def _organization(self) -> Any:
         from coderd.errors import APIError
@@ -391,6 +411,7 @@ class ProvisionerDaemonServeConsumer(JsonConsumer):
         # Not counted in coderd's num_daemons: the external daemon exports its own (as Coder's
         # provisionerd does), so a sum over every pod counts each daemon once.
         self.daemon_id, self.name, self.provisioners = row.id, name, provisioners
+        log.info("external daemon %s connected from %s (%s)", name, self._peer(), ",".join(provisioners))
         await self.send_json({"type": "welcome", "daemon_id": str(row.id)})
 
     async def on_acquire(self, content: dict[str, Any]) -> None:
@@ -401,8 +422,8 @@ class ProvisionerDaemonServeConsumer(JsonConsumer):
         if spec is None:
             await self.send_json({"type": "no_job"})
         else:
-            self.job_id = spec.job_id
-            log.info("external daemon %s: running job %s", self.name, spec.job_id)
+            self.job_id, self.job_spec = spec.job_id, spec
+            log.info("external daemon %s: running %s", self.name, spec.describe())
             await self.send_json({"type": "job", "job": spec.to_dict()})
 
     def _claim(self) -> Any:
@@ -432,7 +453,7 @@ class ProvisionerDaemonServeConsumer(JsonConsumer):
             return
         state = await database_sync_to_async(self._job_heartbeat)()
         if state == GONE:
-            self.job_id = None
+            self.job_id = self.job_spec = None
         await self.send_json({"type": "heartbeat", "job_id": str(job_id), "state": state})
 
     def _job_heartbeat(self) -> str:
@@ -463,7 +484,12 @@ class ProvisionerDaemonServeConsumer(JsonConsumer):
         status = await database_sync_to_async(queue.complete)(
             self.job_id, timezone.now(), error=error, daemon_id=self.daemon_id
         )
-        self.job_id = None
+        what = self.job_spec.describe() if self.job_spec else f"job {self.job_id}"
+        if status == "failed":
+            log.warning("external daemon %s: failed: %s: %s", self.name, what, error)
+        else:
+            log.info("external daemon %s: %s: %s", self.name, status or "already ended", what)
+        self.job_id = self.job_spec = None
         await self.send_json({"type": "completed", "job_id": str(job_id), "status": status})
 
     async def disconnect(self, code: int) -> None:
@@ -473,11 +499,17 @@ class ProvisionerDaemonServeConsumer(JsonConsumer):
 
     def _gone(self) -> None:
         if self.job_id is not None:
+            what = self.job_spec.describe() if self.job_spec else f"job {self.job_id}"
+            log.warning(
+                "external daemon %s disconnected while running %s: the job is failed", self.name, what
+            )
             queue.fail(
                 self.job_id,
                 timezone.now(),
                 f"The external provisioner daemon {self.name!r} disconnected while running the job.",
                 daemon_id=self.daemon_id,
             )
-            self.job_id = None
+            self.job_id = self.job_spec = None
+        else:
+            log.info("external daemon %s disconnected", self.name)
         queue.daemon_gone(self.daemon_id)

@@ -24,7 +24,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from provisioner import queue, reaper
-from provisioner.execution import HEARTBEAT_INTERVAL, JobContext, Outcome, execute_job
+from provisioner.execution import HEARTBEAT_INTERVAL, JobContext, Outcome, execute_job, log_outcome
 from provisioner.observer import JobObserver, NullObserver
 from provisioner.runners import KNOWN_PROVISIONERS, Provisioner, default_runners
 
@@ -119,7 +119,7 @@ class Daemon:
         try:
             spec = queue.job_spec(job)
             queue.report_acquired(self.observer, job, spec, now)
-            log.info("daemon %s: running %s job %s (%s)", self.name, job.provisioner, job.id, job.type)
+            log.info("daemon %s: running %s", self.name, spec.describe())
             self.last_outcome = execute_job(
                 spec,
                 LocalSink(job.id, self.daemon_id, self.clock),
@@ -129,13 +129,7 @@ class Daemon:
                 observer=self.observer,
                 heartbeat_interval=self.heartbeat_interval,
             )
-            log.info(
-                "daemon %s: job %s %s%s",
-                self.name,
-                job.id,
-                self.last_outcome.status or "ended elsewhere",
-                f": {self.last_outcome.error}" if self.last_outcome.error else "",
-            )
+            log_outcome(log, f"daemon {self.name}: ", spec, self.last_outcome)
         finally:
             self.current_job_id = None
         return True

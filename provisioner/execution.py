@@ -234,6 +234,21 @@ class Outcome:
     stopped: str | None = None  # why it stopped early: canceled, closed, gone or lost
 
 
+def log_outcome(logger: logging.Logger, prefix: str, spec: JobSpec, outcome: Outcome) -> None:
+    """One line per finished job, for both kinds of daemon: a failure (or a job whose end this daemon
+    could not record) at WARNING with its error, so it stands out from the running traffic."""
+    what = spec.describe()
+    if outcome.status in ("succeeded", "canceled"):
+        logger.info("%s%s: %s in %.1f s", prefix, outcome.status, what, outcome.seconds)
+    elif outcome.status is None:
+        reason = ERRORS.get(outcome.stopped or "", "") or "another party (the reaper, coderd) ended it"
+        logger.warning("%sended without an outcome from this daemon: %s: %s", prefix, what, reason)
+    else:
+        logger.warning(
+            "%s%s: %s after %.1f s: %s", prefix, outcome.status, what, outcome.seconds, outcome.error
+        )
+
+
 def _finish(spec: JobSpec, sink: JobSink, ctx: JobContext, error: str) -> str | None:
     # The outcome must be stored: a busy database is retried; only a lost link gives up (the
     # server fails the job itself, or the reaper does).

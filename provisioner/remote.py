@@ -18,7 +18,15 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from provisioner.execution import HEARTBEAT_INTERVAL, STOP_LOST, LogLine, Outcome, SinkLost, execute_job
+from provisioner.execution import (
+    HEARTBEAT_INTERVAL,
+    STOP_LOST,
+    LogLine,
+    Outcome,
+    SinkLost,
+    execute_job,
+    log_outcome,
+)
 from provisioner.observer import JobObserver, NullObserver
 from provisioner.runners import KNOWN_PROVISIONERS, JobSpec, Provisioner, default_runners
 
@@ -192,7 +200,7 @@ class RemoteDaemon:
         if reply is None:
             return False
         spec = JobSpec.from_dict(reply)
-        log.info("running %s job %s (%s)", spec.provisioner, spec.job_id, spec.type)
+        log.info("running %s", spec.describe())
         self.last_outcome = execute_job(
             spec,
             RemoteSink(link, spec.job_id),
@@ -202,7 +210,7 @@ class RemoteDaemon:
             observer=self.observer,
             heartbeat_interval=HEARTBEAT_INTERVAL,
         )
-        log.info("job %s %s", spec.job_id, self.last_outcome.status or "ended (link lost)")
+        log_outcome(log, "", spec, self.last_outcome)
         if self.last_outcome.stopped == STOP_LOST:
             raise SinkLost("the link dropped during the job")
         return True

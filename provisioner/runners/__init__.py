@@ -53,6 +53,17 @@ class JobSpec:
     def is_build(self) -> bool:
         return self.type == BUILD
 
+    def describe(self) -> str:
+        """The job as an operator reads it in a log line: what it does, to what, for whom."""
+        if self.is_build:
+            what = (
+                f"{self.transition or 'build'} of workspace {self.workspace_owner}/{self.workspace_name} "
+                f"(build #{self.build_number}, template {self.template_name} {self.template_version}"
+            )
+        else:
+            what = f"import of template version {self.template_version or '?'} ({self.provisioner}"
+        return f"{what}, job {self.job_id})"
+
     def build_info(self) -> BuildInfo | None:
         if not self.is_build:
             return None
