@@ -139,6 +139,12 @@ def test_it_records_tokens_logins_and_logouts(owner: Any, member: Any, trail_fro
     assert anon.post("users/login", {"email": "nobody@example.com", "password": "x"}).status_code == 401
     assert AuditLog.objects.filter(action="login").count() == 2
 
+    key_id = r.json()["session_token"].split("-")[0]
+    assert api.delete(f"users/me/keys/{key_id}").status_code == 204
+    revoked = only_row(action="delete")
+    assert_row(revoked, member, "delete", "api_key", member.pk, 204)
+    assert revoked.diff["login_type"] == {"old": "password", "new": None, "secret": False}
+
     session = client_for()
     session.token = r_token = anon.post("users/login", {"email": member.email, "password": PASSWORD}).json()[
         "session_token"
