@@ -152,7 +152,7 @@ def create_user(request: HttpRequest, req: CreateUserRequest) -> Any:
         actor(request),
         req.email,
         req.username,
-        req.password,
+        req.password if req.signs_in else None,
         roles=req.roles,
         organizations=organizations,
         status=req.user_status or UserStatus.ACTIVE,

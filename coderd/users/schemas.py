@@ -83,6 +83,7 @@ class CreateUserRequest(Request):
     password: str = Field("", max_length=MAX_PASSWORD_LENGTH)
     name: str = Field("", max_length=128)
     login_type: Literal["", "password", "none", "github", "oidc"] = ""
+    disable_login: bool = Field(False, description="Coder's deprecated spelling of login_type none.")
     user_status: Literal["active", "dormant", "suspended"] | None = None
     organization_ids: list[Uuid] = Field(
         [], description="Organizations to join (ids; the zero id is the default one)."
@@ -93,11 +94,27 @@ class CreateUserRequest(Request):
     @model_validator(mode="after")
     def _supported(self) -> CreateUserRequest:
         refuse_unless(
-            self.login_type in ("", "password"),
+            self.login_type in ("", "password", "none"),
             "login_type",
-            'coderd signs users in with a password only: use "password".',
+            'coderd signs users in with a password: use "password" (or "none" for no sign-in).',
+        )
+        if self.login_type == "" and self.disable_login:  # as Coder reads the deprecated field
+            self.login_type = "none"
+        refuse_unless(
+            self.login_type != "none" or not self.password,
+            "password",
+            'A user of login type "none" cannot have a password.',
+        )
+        refuse_unless(
+            "organization_ids" not in self.model_fields_set or bool(self.organization_ids),
+            "organization_ids",
+            "Missing values, this cannot be empty (leave it out for the default organization).",
         )
         return self
+
+    @property
+    def signs_in(self) -> bool:
+        return self.login_type != "none"
 
     def organization_refs(self) -> list[uuid.UUID | None]:
         """The organizations asked for; None for the default one."""
@@ -157,7 +174,7 @@ class UserOut(Schema):
     updated_at: datetime
     last_seen_at: datetime = Field(description="0001-01-01T00:00:00Z (Go's zero time) until first seen.")
     status: Literal["active", "dormant", "suspended"]
-    login_type: Literal["password"]
+    login_type: Literal["password", "none"]
     theme_preference: str
     organization_ids: list[uuid.UUID]
     roles: list[RoleOut]
@@ -198,7 +215,7 @@ def user_json(user: User, organization_ids: list[Any] | None = None) -> dict[str
         "updated_at": user.updated_at,
         "last_seen_at": or_zero_time(user.last_seen_at),
         "status": user.status,
-        "login_type": "password",
+        "login_type": "password" if user.has_usable_password() else "none",
         "theme_preference": "",
         "organization_ids": organization_ids,
         # Coder lists the site roles; `member` is implicit there too.

@@ -136,7 +136,7 @@ def validate_username(value: str) -> str:
     return value
 
 
-def _validate_new_user(email: str, username: str, password: str) -> str:
+def _validate_new_user(email: str, username: str, password: str | None) -> str:
     validations = []
     try:
         validate_email(email)
@@ -147,7 +147,8 @@ def _validate_new_user(email: str, username: str, password: str) -> str:
     except APIError as exc:
         validations.extend(exc.validations)
     try:
-        validate_password(password)
+        if password is not None:  # None: a user who cannot sign in (Coder's login type "none")
+            validate_password(password)
     except DjangoValidationError as exc:
         validations.append({"field": "password", "detail": " ".join(exc.messages)})
     if validations:
@@ -155,7 +156,7 @@ def _validate_new_user(email: str, username: str, password: str) -> str:
     return User.objects.normalize_email(email)
 
 
-def _create_user_row(email: str, username: str, password: str, roles: list[str]) -> User:
+def _create_user_row(email: str, username: str, password: str | None, roles: list[str]) -> User:
     if User.objects.filter(Q(email__iexact=email) | Q(username__iexact=username)).exists():
         raise Conflict("A user with that email or username already exists.")
     try:
@@ -186,13 +187,14 @@ def create_user(
     actor: User,
     email: str,
     username: str,
-    password: str,
+    password: str | None,
     roles: Iterable[str] = (),
     organizations: Iterable[Organization] = (),
     status: str = UserStatus.ACTIVE,
 ) -> User:
     """A user in `organizations` (the default one when none), with `status` (Coder lets an admin
-    create a dormant or suspended account)."""
+    create a dormant or suspended account). With no password (None), one who cannot sign in:
+    Coder's login type `none`, for accounts that only hold API tokens an owner issues."""
     if not auth.can_manage_users(actor):
         raise Forbidden("Only owners and user admins can create users.")
     roles = sorted({r for r in roles if r != Role.MEMBER})
