@@ -213,6 +213,21 @@ env_int("CODER_WORKERS", 1, minimum=1)
 env_int("CODER_REPLICAS", 1, minimum=1)
 # A running job with no heartbeat for this long is failed by the reaper (provisioner/reaper.py).
 PROVISIONER_HUNG_JOB_TIMEOUT = env_duration("CODER_PROVISIONER_HUNG_JOB_TIMEOUT", "30s")
+# Daemons beat every 5 s (provisioner.execution.HEARTBEAT_INTERVAL; a test keeps the two equal), and
+# one beat can be late (a busy database, a reaper pass just before it): a timeout under three beats
+# fails healthy jobs (3 s failed a live 20 s job after 4.3 s), so it is refused, not taken.
+PROVISIONER_HEARTBEAT_INTERVAL = 5.0
+PROVISIONER_MIN_HUNG_JOB_TIMEOUT = 3 * PROVISIONER_HEARTBEAT_INTERVAL
+if PROVISIONER_HUNG_JOB_TIMEOUT < PROVISIONER_MIN_HUNG_JOB_TIMEOUT:
+    raise EnvError(
+        f"CODER_PROVISIONER_HUNG_JOB_TIMEOUT={os.environ['CODER_PROVISIONER_HUNG_JOB_TIMEOUT']!r} is too "
+        f"short: at least {format_duration(PROVISIONER_MIN_HUNG_JOB_TIMEOUT)} (three heartbeats of "
+        f"{format_duration(PROVISIONER_HEARTBEAT_INTERVAL)}), or jobs are failed while their daemon is alive"
+    )
+# Shell scripts run inside bubblewrap (provisioner/runners/sandbox.py); false runs them unconfined.
+PROVISIONER_SHELL_SANDBOX = env_bool("CODER_PROVISIONER_SHELL_SANDBOX", True)
+# The bwrap executable: a name is looked up on PATH.
+PROVISIONER_SHELL_BWRAP = env_str("CODER_PROVISIONER_SHELL_BWRAP", "bwrap")
 
 # Metrics.
 PROMETHEUS_ENABLE = env_bool("CODER_PROMETHEUS_ENABLE", False)

@@ -42,6 +42,10 @@ def one_line(done: subprocess.CompletedProcess[str], code: int = 2) -> str:
         ({"CODER_SESSION_DURATION": "1ns"}, "CODER_SESSION_DURATION='1ns' must be at least 1s"),
         ({"CODER_MAX_TOKEN_LIFETIME": "99999999999999999h"}, "CODER_MAX_TOKEN_LIFETIME='99999999999999999h' is too long"),
         ({"CODER_PROVISIONER_HUNG_JOB_TIMEOUT": "9" * 400 + "h"}, "CODER_PROVISIONER_HUNG_JOB_TIMEOUT="),
+        # Under three 5 s heartbeats, live jobs would be failed by the reaper.
+        ({"CODER_PROVISIONER_HUNG_JOB_TIMEOUT": "3s"}, "CODER_PROVISIONER_HUNG_JOB_TIMEOUT='3s' is too short: at least 15s (three heartbeats of 5s)"),
+        ({"CODER_PROVISIONER_HUNG_JOB_TIMEOUT": "14999ms"}, "CODER_PROVISIONER_HUNG_JOB_TIMEOUT='14999ms' is too short"),
+        ({"CODER_PROVISIONER_SHELL_SANDBOX": "maybe"}, "CODER_PROVISIONER_SHELL_SANDBOX='maybe' is not a boolean"),
         ({"CODER_PROVISIONER_DAEMONS": "99999999"}, "CODER_PROVISIONER_DAEMONS='99999999' must be at most 100"),
         ({"CODER_HTTP_ADDRESS": "[::1"}, "CODER_HTTP_ADDRESS='[::1' is not a valid address"),
         ({"CODER_PROMETHEUS_ADDRESS": "999.0.0.1:2112"}, "CODER_PROMETHEUS_ADDRESS='999.0.0.1:2112' is not a valid"),

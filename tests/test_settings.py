@@ -274,6 +274,8 @@ def test_it_reads_every_variable_it_is_given(tmp_path: Path) -> None:
         ("CODER_SESSION_DURATION", "0s"),
         ("CODER_LOG_LEVEL", "loud"),
         ("CODER_DEBUG", "maybe"),
+        ("CODER_PROVISIONER_HUNG_JOB_TIMEOUT", "5s"),
+        ("CODER_PROVISIONER_SHELL_SANDBOX", "no way"),
     ],
 )
 def test_it_stops_on_a_bad_variable_with_one_line_naming_it(

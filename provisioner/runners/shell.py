@@ -1,14 +1,23 @@
 """The shell provisioner: the template version holds a script per transition; it runs with /bin/sh.
 
 Source: `{"start": "#!/bin/sh\n...", "stop": "...", "delete": "...", "timeout_seconds": 600}`.
-The script runs in the workspace's own folder (DATA_DIR/workspaces/<workspace id>) in its own
-process group, with CODER_WORKSPACE_* variables and a small environment (never the daemon's, which
-holds the database URL and the daemon key). Each output line (stdout and stderr) is a log line; a
-non-zero exit or the timeout fails the job; a stop sends SIGTERM to the group, then SIGKILL.
+The script runs in the workspace's own folder (DATA_DIR/workspaces/<workspace id>) inside bubblewrap
+(provisioner/runners/sandbox.py: it cannot see the data folder, the database, the secret key or the
+daemon's processes, and dies with the daemon), in its own process group, with CODER_WORKSPACE_*
+variables and a small environment (never the daemon's, which holds the database URL and the daemon
+key). Each output line (stdout and stderr) is a log line; a non-zero exit or the timeout fails the
+job; a stop sends SIGTERM to the script, then SIGKILL to its whole group, which every way out of a
+job does. While a script runs it holds a lock on its workspace folder, so a later build of the same
+workspace waits for every process of an earlier one to end.
+
+Where no sandbox can be made, a build fails with one error naming the fix, unless the operator set
+CODER_PROVISIONER_SHELL_SANDBOX=false.
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import queue
 import shutil
@@ -19,8 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
+
 from provisioner.execution import JobContext
-from provisioner.runners import JobSpec, RunResult
+from provisioner.runners import JobSpec, RunResult, sandbox
+
+log = logging.getLogger(__name__)
 
 SHELL = "/bin/sh"
 DEFAULT_TIMEOUT_SECONDS = 600.0
@@ -30,6 +43,8 @@ KILL_GRACE_SECONDS = 0.5
 ORPHAN_GRACE_SECONDS = 1.0
 # Output is read in pieces of at most this size: a line longer than that is stored as several.
 MAX_LINE_BYTES = 64 * 1024
+# How often a build waiting for an earlier script of its workspace looks again.
+LOCK_POLL_SECONDS = 0.1
 TRANSITIONS = ("start", "stop", "delete")
 _PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME")
 _EOF = object()
@@ -87,11 +102,52 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def _signal_group_but_leader(proc: subprocess.Popen, sig: int) -> None:
+    """`sig` to every process of the group but its leader. Under bubblewrap the leader is bwrap's
+    monitor: a SIGTERM would kill it, and --die-with-parent would then SIGKILL the script before
+    its trap ran. No call lists a group's members: /proc is read."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == proc.pid:
+            continue
+        try:
+            if os.getpgid(int(entry.name)) == proc.pid:
+                os.kill(int(entry.name), sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 class ShellProvisioner:
     name = "shell"
 
-    def __init__(self, kill_grace: float = KILL_GRACE_SECONDS) -> None:
+    def __init__(
+        self,
+        kill_grace: float = KILL_GRACE_SECONDS,
+        *,
+        sandboxed: bool | None = None,
+        bwrap: str | None = None,
+    ) -> None:
+        """`sandboxed` and `bwrap` default to CODER_PROVISIONER_SHELL_SANDBOX and _BWRAP (read when
+        a job runs)."""
         self.kill_grace = kill_grace
+        self.sandboxed = sandboxed
+        self.bwrap = bwrap
+        # bwrap names whose trial sandbox worked, and the path found: tried once per daemon (each
+        # daemon has its own runners). A failure is not remembered, so that installing bubblewrap
+        # fixes the next build without a restart.
+        self._probed: dict[str, str] = {}
+        self._probe_lock = threading.Lock()
+
+    def sandbox_path(self) -> str | None:
+        """The bwrap to run scripts in; None when the operator turned the sandbox off. Raises
+        sandbox.SandboxUnavailable (naming the fix) when none can be made here."""
+        enabled = settings.PROVISIONER_SHELL_SANDBOX if self.sandboxed is None else self.sandboxed
+        if not enabled:
+            return None
+        bwrap = self.bwrap or settings.PROVISIONER_SHELL_BWRAP
+        with self._probe_lock:
+            if bwrap not in self._probed:
+                self._probed[bwrap] = sandbox.probe(bwrap)
+            return self._probed[bwrap]
 
     def run(self, spec: JobSpec, ctx: JobContext) -> RunResult:
         source = spec.source if isinstance(spec.source, dict) else {}
@@ -106,9 +162,16 @@ class ShellProvisioner:
             return RunResult()
         if not isinstance(script, str):
             return RunResult(error=f"shell: the {spec.transition} script must be a string")
+        try:
+            bwrap = self.sandbox_path()
+        except sandbox.SandboxUnavailable as exc:
+            message = f"shell: cannot sandbox the script: {exc}"
+            log.error("%s", message)
+            ctx.log(message, level="error")
+            return RunResult(error=message)
         workdir = workspace_dir(ctx.data_dir, spec)
         workdir.mkdir(parents=True, exist_ok=True)
-        result = self._run_script(spec, ctx, script, workdir, timeout)
+        result = self._run_script(spec, ctx, script, workdir, timeout, bwrap)
         if result.ok and spec.transition == "delete":
             shutil.rmtree(workdir, ignore_errors=True)
         return result
@@ -137,22 +200,71 @@ class ShellProvisioner:
         ctx.log(f"shell: template version imported (scripts: {', '.join(found) or 'none'})")
         return RunResult()
 
+    def _lock_workspace(self, workdir: Path, ctx: JobContext, deadline: float) -> tuple[int | None, str]:
+        """An exclusive flock on the workspace folder, waited for while an earlier script of this
+        workspace (or any process it started) still holds it: (fd, "") or (None, why not)."""
+        fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd, ""
+            except BlockingIOError:
+                pass
+            if not told:
+                ctx.log("shell: an earlier script of this workspace is still running; waiting for it to end")
+                told = True
+            why = "stopped" if ctx.should_stop() else "timeout" if time.monotonic() > deadline else ""
+            if why:
+                os.close(fd)
+                return None, why
+            ctx.closing.wait(LOCK_POLL_SECONDS)
+
     def _run_script(
-        self, spec: JobSpec, ctx: JobContext, script: str, workdir: Path, timeout: float
+        self, spec: JobSpec, ctx: JobContext, script: str, workdir: Path, timeout: float, bwrap: str | None
     ) -> RunResult:
+        deadline = time.monotonic() + timeout
+        lock_fd, why = self._lock_workspace(workdir, ctx, deadline)
+        if lock_fd is None:
+            return self._result(spec, ctx, why, 0, timeout)
+        try:
+            return self._run_locked(spec, ctx, script, workdir, deadline, timeout, bwrap, lock_fd)
+        finally:
+            os.close(lock_fd)
+
+    def _run_locked(
+        self,
+        spec: JobSpec,
+        ctx: JobContext,
+        script: str,
+        workdir: Path,
+        deadline: float,
+        timeout: float,
+        bwrap: str | None,
+        lock_fd: int,
+    ) -> RunResult:
+        env = script_env(spec, workdir)
+        argv = [SHELL, "-c", script]
+        if bwrap:
+            env["TMPDIR"] = "/tmp"  # the sandbox's own; the daemon's TMPDIR may be read-only there
+            argv = sandbox.command(
+                bwrap, argv, workdir, env, sandbox.hidden_folders(ctx.data_dir), sandbox.hidden_files()
+            )
+        # Popen is called from the thread that runs the job and lives until it ends: PDEATHSIG
+        # (--die-with-parent) fires when the forking *thread* exits, not only the process.
         proc = subprocess.Popen(
-            [SHELL, "-c", script],
+            argv,
             cwd=workdir,
-            env=script_env(spec, workdir),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so a stop reaches its children too
+            pass_fds=(lock_fd,),  # the script and its children hold the workspace lock while they live
         )
         lines: queue.Queue = queue.Queue()
         reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
         reader.start()
-        deadline = time.monotonic() + timeout
         eof, why = False, ""
         exited_at: float | None = None
         try:
@@ -180,8 +292,11 @@ class ShellProvisioner:
                     why = "timeout"
                     break
         finally:
-            if proc.poll() is None or why:
-                self._stop(proc)
+            # Every way out (an end, a stop, a timeout, an exception) kills what is left of the
+            # group: a child that closed its output would otherwise outlive the job.
+            if proc.poll() is None:
+                self._stop(proc, sandboxed=bool(bwrap))
+            _signal_group(proc, signal.SIGKILL)
             reader.join(timeout=1.0)
             while True:  # lines written before the stop still belong to the log
                 try:
@@ -192,9 +307,12 @@ class ShellProvisioner:
                     ctx.log(item)
             if proc.stdout:
                 proc.stdout.close()
-        code = proc.wait()
+            proc.wait()
         if why == "orphans":
             ctx.log("shell: stopped processes the script left running", level="warn")
+        return self._result(spec, ctx, why, proc.returncode, timeout)
+
+    def _result(self, spec: JobSpec, ctx: JobContext, why: str, code: int, timeout: float) -> RunResult:
         if why == "stopped":
             return RunResult(error="stopped")
         if why == "timeout":
@@ -210,13 +328,18 @@ class ShellProvisioner:
             return RunResult(error=message)
         return RunResult()
 
-    def _stop(self, proc: subprocess.Popen) -> None:
-        _signal_group(proc, signal.SIGTERM)
+    def _stop(self, proc: subprocess.Popen, sandboxed: bool) -> None:
+        if sandboxed:
+            _signal_group_but_leader(proc, signal.SIGTERM)
+        else:
+            _signal_group(proc, signal.SIGTERM)
         try:
             proc.wait(timeout=self.kill_grace)
         except subprocess.TimeoutExpired:
             pass
         # The leader may have exited while children in its group linger: kill the group regardless.
+        # Under bubblewrap, killing its monitor also ends the PID namespace (and processes in it
+        # that left the group with setsid).
         _signal_group(proc, signal.SIGKILL)
         try:
             proc.wait(timeout=5)
