@@ -43,6 +43,8 @@ KILL_GRACE_SECONDS = 0.5
 ORPHAN_GRACE_SECONDS = 1.0
 # Output is read in pieces of at most this size: a line longer than that is stored as several.
 MAX_LINE_BYTES = 64 * 1024
+# After the last SIGKILL, how long the runner waits for the group's processes to be gone.
+GROUP_GONE_SECONDS = 2.0
 # How often a build waiting for an earlier script of its workspace looks again.
 LOCK_POLL_SECONDS = 0.1
 TRANSITIONS = ("start", "stop", "delete")
@@ -102,18 +104,41 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def _group_members(pgid: int) -> list[int]:
+    """The live processes (not zombies) of a process group. No call lists a group's members: /proc
+    is read (`pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses)."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            members.append(int(entry.name))
+    return members
+
+
 def _signal_group_but_leader(proc: subprocess.Popen, sig: int) -> None:
     """`sig` to every process of the group but its leader. Under bubblewrap the leader is bwrap's
     monitor: a SIGTERM would kill it, and --die-with-parent would then SIGKILL the script before
-    its trap ran. No call lists a group's members: /proc is read."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == proc.pid:
-            continue
-        try:
-            if os.getpgid(int(entry.name)) == proc.pid:
-                os.kill(int(entry.name), sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+    its trap ran."""
+    for pid in _group_members(proc.pid):
+        if pid != proc.pid:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    # A SIGKILLed process (and a PID namespace's members once its PID 1 died) is gone a moment
+    # later, not at once: the build is over when they are.
+    deadline = time.monotonic() + timeout
+    while _group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 class ShellProvisioner:
@@ -297,6 +322,7 @@ class ShellProvisioner:
             if proc.poll() is None:
                 self._stop(proc, sandboxed=bool(bwrap))
             _signal_group(proc, signal.SIGKILL)
+            _wait_group_gone(proc.pid, GROUP_GONE_SECONDS)
             reader.join(timeout=1.0)
             while True:  # lines written before the stop still belong to the log
                 try:
