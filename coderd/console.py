@@ -291,16 +291,20 @@ def health(now: datetime | None = None) -> dict[str, Any]:
         .exclude(error="")
         .order_by("-completed_at")
     )
-    n_failed = failed_jobs.count()
-    builds = {
-        b.job_id: b
-        for b in WorkspaceBuild.objects.select_related("workspace__owner").filter(
-            job_id__in=[j.id for j in failed_jobs.only("id")[:FAILED_BUILDS_SHOWN]]
-        )
-    }
+    newest = list(failed_jobs.values("id", "completed_at", "error")[:FAILED_BUILDS_SHOWN])
+    # Counted only when there are more than are listed: usually one query, not two.
+    n_failed = len(newest) if len(newest) < FAILED_BUILDS_SHOWN else failed_jobs.count()
+    builds = {}
+    if newest:
+        builds = {
+            b.job_id: b
+            for b in WorkspaceBuild.objects.select_related("workspace__owner").filter(
+                job_id__in=[j["id"] for j in newest]
+            )
+        }
     failed = []
-    for job in failed_jobs.only("id", "completed_at", "error")[:FAILED_BUILDS_SHOWN]:
-        build = builds.get(job.id)
+    for job in newest:
+        build = builds.get(job["id"])
         if build is None:
             continue
         failed.append(
@@ -311,8 +315,8 @@ def health(now: datetime | None = None) -> dict[str, Any]:
                 "owner": build.workspace.owner.username,
                 "build_number": build.build_number,
                 "transition": build.transition,
-                "error": job.error,
-                "completed_at": job.completed_at.isoformat(),
+                "error": job["error"],
+                "completed_at": job["completed_at"].isoformat(),
             }
         )
 

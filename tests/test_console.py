@@ -134,7 +134,7 @@ def test_it_recounts_after_a_change_but_not_at_every_view(
 
 
 def test_it_lists_failed_builds_newest_first_within_the_hour(
-    fresh_metrics: Any, owner: Any, workspace_for: Any
+    fresh_metrics: Any, owner: Any, workspace_for: Any, monkeypatch: Any
 ) -> None:
     now = timezone.now()
     old = workspace_for(owner, name="old")
@@ -146,6 +146,10 @@ def test_it_lists_failed_builds_newest_first_within_the_hour(
     data = console.health(now)
     assert data["failed_builds"]["count"] == 2
     assert [b["workspace"] for b in data["failed_builds"]["newest"]] == ["second", "first"]
+    monkeypatch.setattr(console, "FAILED_BUILDS_SHOWN", 1)
+    data = console.health(now)
+    assert data["failed_builds"]["count"] == 2  # counted, not the length of the list
+    assert [b["workspace"] for b in data["failed_builds"]["newest"]] == ["second"]
 
 
 def test_it_tells_online_from_stale_daemons(fresh_metrics: Any, owner: Any) -> None:
