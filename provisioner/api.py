@@ -21,6 +21,7 @@ from coderd.pagination import Page
 from coderd.users import auth
 from coderd.users.api import ERRORS, actor, visible_organization
 from coderd.workspaces.api import get_build, get_template_version
+from coderd.workspaces.responses import queue_positions
 from coderd.workspaces.schemas import JobOut, LogOut, job_json
 from provisioner.models import JobStatus, ProvisionerDaemon, ProvisionerJob, ProvisionerJobLog
 from provisioner.queue import log_json
@@ -86,7 +87,9 @@ def list_jobs(request: HttpRequest, organization: str, filters: Query[JobFilter]
     if statuses:
         jobs = jobs.with_status(now).filter(computed_status__in=statuses)
     jobs = jobs.order_by("-created_at", "-id")
-    return [job_json(j, now) for j in page.apply(jobs)]
+    rows = list(page.apply(jobs))
+    queue = queue_positions(rows, now)
+    return [job_json(j, now, queue=queue) for j in rows]
 
 
 @router.get(

@@ -10,6 +10,7 @@ from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
 from coderd.errors import BadRequest, Forbidden, NotFound
+from coderd.fastjson import json_response
 from coderd.pagination import Page
 from coderd.users import auth, services
 from coderd.users.models import Organization, OrganizationMember, Role, User, UserStatus
@@ -203,7 +204,8 @@ def auth_methods(request: HttpRequest) -> Any:
 
 @router.get("/users/{user}", response={200: UserOut, **ERRORS}, summary="Get user by id, username or me")
 def get_user(request: HttpRequest, user: str) -> Any:
-    return user_json(_user(request, user))
+    found = _user(request, user)
+    return json_response(user_json(found, services.organization_ids(found)))
 
 
 @router.delete("/users/{user}", response={200: Message, **ERRORS}, summary="Delete user")

@@ -9,15 +9,17 @@ import hmac
 import re
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
+from coderd import rawsql
 from coderd.audit.services import Action, audited, nested, record, record_change
 from coderd.errors import APIError, BadRequest, Conflict, Forbidden, NotFound, Unauthorized, field_error
 from coderd.users import auth
@@ -377,7 +379,7 @@ def api_key_for_token(token: str, now: datetime) -> APIKey | None:
     key_id, sep, secret = token.partition("-")
     if not sep or len(key_id) != API_KEY_ID_LENGTH or not secret:
         return None
-    key = APIKey.objects.select_related("user").filter(pk=key_id).first()
+    key = _key_with_user(key_id)
     if key is None or not hmac.compare_digest(bytes(key.hashed_secret), hash_secret(secret)):
         return None
     if key.expires_at <= now or not key.user.is_active:
@@ -396,6 +398,52 @@ def api_key_for_token(token: str, now: datetime) -> APIKey | None:
             )
             key.user.last_seen_at = now
     return key
+
+
+# Every column: the key and its user are whole instances (nothing deferred to load later).
+_KEY_FIELDS = list(APIKey._meta.concrete_fields)
+_USER_FIELDS = list(User._meta.concrete_fields)
+_KEY_READER = rawsql.Reader(_KEY_FIELDS + _USER_FIELDS)
+_KEY_SQL: dict[str, str] = {}
+
+
+def _key_with_user(key_id: str) -> APIKey | None:
+    """The key and its user in one query (every API request makes it: see coderd/rawsql.py)."""
+    sql = _KEY_SQL.get(connection.vendor)
+    if sql is None:
+        columns = [rawsql.column("k", f) for f in _KEY_FIELDS] + [rawsql.column("u", f) for f in _USER_FIELDS]
+        sql = _KEY_SQL[connection.vendor] = (
+            f"SELECT {', '.join(columns)} FROM {rawsql.quote(APIKey._meta.db_table)} k"
+            f" JOIN {rawsql.quote(User._meta.db_table)} u"
+            f" ON u.{rawsql.quote(User._meta.pk.column)} = k.{rawsql.quote(APIKey._meta.get_field('user').column)}"
+            f" WHERE k.{rawsql.quote(APIKey._meta.pk.column)} = %s"
+        )
+    row = rawsql.fetchone(sql, [key_id])
+    if row is None:
+        return None
+    values = _KEY_READER.convert(row)
+    split = len(_KEY_FIELDS)
+    key = rawsql.instance(APIKey, _KEY_FIELDS, values[:split])
+    user = rawsql.instance(User, _USER_FIELDS, values[split:])
+    APIKey._meta.get_field("user").set_cached_value(key, user)
+    return key
+
+
+def organization_ids(user: User) -> list[Any]:
+    """The ids of the user's organizations, as `user_json` lists them (one query)."""
+    sql = _MEMBERSHIP_SQL.get(connection.vendor)
+    if sql is None:
+        table = OrganizationMember._meta
+        sql = _MEMBERSHIP_SQL[connection.vendor] = (
+            f"SELECT m.{rawsql.quote(table.get_field('organization').column)} FROM {rawsql.quote(table.db_table)} m"
+            f" WHERE m.{rawsql.quote(table.get_field('user').column)} = %s"
+        )
+    params = [OrganizationMember._meta.get_field("user").get_db_prep_value(user.pk, connection)]
+    return [_MEMBERSHIP_READER.convert(row)[0] for row in rawsql.fetchall(sql, params)]
+
+
+_MEMBERSHIP_READER = rawsql.Reader([OrganizationMember._meta.get_field("organization")])
+_MEMBERSHIP_SQL: dict[str, str] = {}
 
 
 def user_for_token(token: str, now: datetime) -> User | None:

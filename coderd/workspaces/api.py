@@ -16,6 +16,7 @@ from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
 from coderd.errors import BadRequest, Gone, NotFound, field_error
+from coderd.fastjson import json_response
 from coderd.pagination import Page
 from coderd.users import auth
 from coderd.users.api import ERRORS, actor, visible_organization
@@ -24,7 +25,7 @@ from coderd.users.schemas import ErrorOut, Message
 from coderd.users.services import MAX_REF_LENGTH, shown, user_by_ref
 from coderd.workspaces import services
 from coderd.workspaces.models import Template, TemplateVersion, Workspace, WorkspaceBuild
-from coderd.workspaces.responses import with_active_user_count
+from coderd.workspaces.responses import queue_positions, with_active_user_count
 from coderd.workspaces.schemas import (
     BUILD_RELATED,
     TEMPLATE_RELATED,
@@ -402,7 +403,13 @@ def _filter_workspaces(user: User, q: str) -> QuerySet:
 )
 def list_workspaces(request: HttpRequest, filters: Query[WorkspaceFilter], page: Query[Page]) -> Any:
     workspaces = _filter_workspaces(actor(request), filters.q)
-    return {"workspaces": [workspace_json(w) for w in page.apply(workspaces)], "count": workspaces.count()}
+    rows = list(page.apply(workspaces))
+    now = timezone.now()
+    # Three queries however many: the page (its builds, jobs, templates... joined), the count, and
+    # the queue positions of its pending jobs, if any.
+    queue = queue_positions((w.latest_build.job for w in rows if w.latest_build), now)
+    listed = [workspace_json(w, queue, now) for w in rows]
+    return json_response({"workspaces": listed, "count": workspaces.count()})
 
 
 @router.get(
@@ -475,7 +482,10 @@ def list_builds(request: HttpRequest, workspace: uuid.UUID, page: Query[Page]) -
         .filter(workspace=ws)
         .order_by("-build_number")
     )
-    return [build_json(b, ws) for b in page.apply(builds)]
+    rows = list(page.apply(builds))
+    now = timezone.now()
+    queue = queue_positions((b.job for b in rows), now)
+    return [build_json(b, ws, queue, now) for b in rows]
 
 
 @router.get(

@@ -1,0 +1,123 @@
+"""The API's hot reads made lean (coderd/fastjson.py, coderd/rawsql.py): the same bytes ninja would
+send, the token check as one hand-written query, lists in a fixed number of queries."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from ninja.responses import NinjaJSONEncoder
+
+from coderd.users.models import APIKey, User
+from coderd.users.schemas import UserOut
+from coderd.users.services import api_key_for_token
+from coderd.workspaces.responses import BuildOut, JobOut, WorkspacesList
+from provisioner.models import ProvisionerDaemon, ProvisionerJob
+from tests.fixtures import finish_job, token_for
+
+pytestmark = pytest.mark.django_db
+
+
+def as_ninja_sends(schema: Any, body: bytes) -> bytes:
+    """What ninja would send for the same data: validated by `schema`, dumped, encoded. A field
+    missing, extra, out of order or of the wrong type changes these bytes."""
+    return json.dumps(schema.model_validate(json.loads(body)).model_dump(), cls=NinjaJSONEncoder).encode()
+
+
+@pytest.fixture
+def states(owner: Any, member: Any, workspace_for: Any) -> list[Any]:
+    """Workspaces of the member in every state a list shows: pending (two, queued), running on a
+    daemon, succeeded, failed, canceled."""
+    daemon = ProvisionerDaemon.objects.create(name="d-1", provisioners=["echo"])
+    made = [workspace_for(member, name=f"ws-{i}") for i in range(6)]
+    now = timezone.now()
+    jobs = [w.latest_build.job for w in made]
+    ProvisionerJob.objects.filter(pk=jobs[2].pk).update(started_at=now, updated_at=now, worker=daemon)
+    finish_job(jobs[3])
+    finish_job(jobs[4], error="the script failed")
+    ProvisionerJob.objects.filter(pk=jobs[5].pk).update(canceled_at=now, completed_at=now, updated_at=now)
+    return made
+
+
+def test_it_sends_a_workspace_list_as_ninja_would(
+    states: list[Any], member: Any, owner: Any, api_as: Any
+) -> None:
+    for user in (member, owner):
+        r = api_as(user).get("workspaces")
+        assert r.status_code == 200
+        assert r["Content-Type"] == "application/json; charset=utf-8"
+        assert r.content == as_ninja_sends(WorkspacesList, r.content)
+    listed = r.json()["workspaces"]
+    statuses = sorted(w["latest_build"]["status"] for w in listed)
+    assert statuses == sorted(["pending", "pending", "starting", "running", "failed", "canceled"])
+    queued = sorted(w["latest_build"]["job"]["queue_position"] for w in listed)
+    # The two pending builds, oldest first, behind the template's import (pending too: no daemon).
+    assert queued == [0, 0, 0, 0, 2, 3]
+    assert {w["latest_build"]["job"]["queue_size"] for w in listed} == {0, 3}
+
+
+def test_it_sends_builds_and_jobs_as_ninja_would(
+    states: list[Any], member: Any, owner: Any, api_as: Any
+) -> None:
+    builds = api_as(member).get(f"workspaces/{states[0].id}/builds")
+    assert builds.status_code == 200
+    assert [b["job"]["queue_position"] for b in builds.json()] == [2]
+    jobs = api_as(owner).get(f"organizations/{states[0].organization_id}/provisionerjobs")
+    assert jobs.status_code == 200
+    for body, schema in ((builds.content, BuildOut), (jobs.content, JobOut)):
+        assert [
+            json.loads(as_ninja_sends(schema, json.dumps(x).encode())) for x in json.loads(body)
+        ] == json.loads(body)
+
+
+def test_it_sends_a_user_as_ninja_would(owner: Any, member: Any, api_as: Any) -> None:
+    for user, path in ((owner, "users/me"), (owner, f"users/{member.username}"), (member, "users/me")):
+        r = api_as(user).get(path)
+        assert r.status_code == 200
+        assert r.content == as_ninja_sends(UserOut, r.content)
+    assert r.json()["organization_ids"] == [str(member.memberships.get().organization_id)]
+
+
+def test_it_lists_one_or_fifty_workspaces_in_the_same_number_of_queries(
+    owner: Any, member: Any, workspace_for: Any, api_as: Any
+) -> None:
+    client = api_as(member)
+    workspace_for(member, name="ws-0")
+    client.get("workspaces")  # the token's last use written: not counted below
+    with CaptureQueriesContext(connection) as one:
+        assert len(client.get("workspaces").json()["workspaces"]) == 1
+    for i in range(1, 50):
+        workspace_for(member, name=f"ws-{i}")  # each with a pending build: 50 queue positions
+    with CaptureQueriesContext(connection) as fifty:
+        assert len(client.get("workspaces").json()["workspaces"]) == 50
+    assert len(one) == len(fifty), [q["sql"] for q in fifty.captured_queries]
+    # The token and its user, the caller's organizations... then the page, its count, the queue.
+    assert len(fifty) <= 5, [q["sql"] for q in fifty.captured_queries]
+
+
+def test_it_checks_a_token_in_one_query(owner: Any) -> None:
+    token = token_for(owner)
+    api_key_for_token(token, timezone.now())  # writes last_used once a minute: not counted below
+    with CaptureQueriesContext(connection) as queries:
+        key = api_key_for_token(token, timezone.now())
+    assert len(queries) == 1
+    expected = APIKey.objects.select_related("user").get(pk=key.pk)
+    for field in APIKey._meta.concrete_fields:
+        assert getattr(key, field.attname) == getattr(expected, field.attname), field.name
+    for field in User._meta.concrete_fields:
+        assert getattr(key.user, field.attname) == getattr(expected.user, field.attname), field.name
+    with CaptureQueriesContext(connection) as queries:
+        assert key.user.has_role("owner") and key.user.is_active
+    assert len(queries) == 0
+
+
+def test_it_refuses_a_wrong_secret_or_an_unknown_key(owner: Any) -> None:
+    token = token_for(owner)
+    key_id, _, secret = token.partition("-")
+    assert api_key_for_token(f"{key_id}-{secret}x", timezone.now()) is None
+    assert api_key_for_token(f"{'z' * len(key_id)}-{secret}", timezone.now()) is None
+    assert api_key_for_token(token, timezone.now()) is not None
