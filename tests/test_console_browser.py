@@ -265,6 +265,11 @@ def test_it_starts_and_stops_a_workspace_from_its_page(watched: Watched, deploym
     page.wait_for_url("**/workspacebuild/**")  # to the new build's page
     deployment.settled()
     assert deployment.api("GET", f"/workspaces/{workspace['id']}")["latest_build"]["status"] == "stopped"
+    # The admin's button is in the audit trail: who, what, from this browser.
+    [row] = deployment.api("GET", "/audit?q=action:stop+resource_type:workspace_build")["audit_logs"]
+    assert row["user"]["username"] == "admin" and row["status_code"] < 400
+    assert row["additional_fields"]["workspace_name"] == "buttons"
+    assert "Chrome" in row["user_agent"]
     page.goto(f"{watched.base}/admin/workspaces/workspace/{workspace['id']}/change/")
     assert page.locator(".coderd-builds tbody tr").count() == 2
     assert "stopped" in page.locator(".field-state_badge").inner_text()
