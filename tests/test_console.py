@@ -247,6 +247,28 @@ def test_it_hides_deleted_workspaces_unless_asked(owner: Any, workspace_for: Any
     assert names() == [live.name]
     assert names(deleted="yes") == ["gone"]
     assert sorted(names(deleted="all")) == ["gone", "live"]
+    finish_job(gone.latest_build.job)  # its state is now "running": asking for it by state finds it
+    assert names(state="running") == []  # still hidden: deleted
+    assert names(state="running", deleted="all") == ["gone"]
+
+
+def test_it_follows_only_logs_still_being_written(owner: Any, workspace_for: Any) -> None:
+    workspace = workspace_for(owner, name="dev")
+    build, version = workspace.latest_build, workspace.template.active_version
+    client = client_for(owner)
+
+    def follow(url: str) -> str | None:
+        page = client.get(url).content.decode()
+        marker = 'data-follow="'
+        return page.split(marker, 1)[1].split('"', 1)[0].replace("&amp;", "&") if marker in page else None
+
+    build_page = f"/admin/workspaces/workspacebuild/{build.pk}/change/"
+    version_page = f"/admin/workspaces/templateversion/{version.pk}/change/"
+    assert follow(build_page) == f"/api/v2/workspacebuilds/{build.pk}/logs?follow&after=0"
+    assert follow(version_page) == f"/api/v2/templateversions/{version.pk}/logs?follow&after=0"
+    finish_job(build.job)
+    finish_job(version.job)
+    assert follow(build_page) is None and follow(version_page) is None
 
 
 def test_it_lists_newest_first(owner: Any, workspace_for: Any) -> None:

@@ -202,30 +202,31 @@ class DeletedFilter(admin.SimpleListFilter):
     title = "deleted"
     parameter_name = "deleted"
 
+    def __init__(self, request: HttpRequest, params: Any, model: Any, model_admin: Any) -> None:
+        # A filter is made for each request (the ModelAdmin is shared): what else it asks is kept here.
+        self.asked_state = request.GET.get(WorkspaceStateFilter.parameter_name)
+        super().__init__(request, params, model, model_admin)
+
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
         return [("no", "No"), ("yes", "Yes"), ("all", "All")]
 
-    def _chosen(self, request: HttpRequest) -> str:
+    def chosen(self) -> str:
         if self.value() in ("no", "yes", "all"):
             return self.value()
-        return (
-            "all" if request.GET.get(WorkspaceStateFilter.parameter_name) == WorkspaceStatus.DELETED else "no"
-        )
+        return "all" if self.asked_state == WorkspaceStatus.DELETED else "no"
 
     def choices(self, changelist: Any) -> Any:
-        chosen = self._chosen(changelist.model_admin.request)
         for lookup, title in self.lookup_choices:
             yield {
-                "selected": chosen == lookup,
+                "selected": self.chosen() == lookup,
                 "query_string": changelist.get_query_string({self.parameter_name: lookup}),
                 "display": title,
             }
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
-        chosen = self._chosen(request)
-        if chosen == "all":
+        if self.chosen() == "all":
             return queryset
-        return queryset.filter(deleted=chosen == "yes")
+        return queryset.filter(deleted=self.chosen() == "yes")
 
 
 def with_state(queryset: QuerySet, transition: str, job_prefix: str) -> QuerySet:
@@ -251,7 +252,6 @@ class WorkspaceAdmin(ReadOnlyAdmin):
     created = when_column("created_at")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        self.request = request  # DeletedFilter.choices reads the request through the changelist
         return with_state(super().get_queryset(request), "latest_build__transition", "latest_build__job__")
 
     @admin.display(description="latest build", ordering="latest_build__build_number")
