@@ -215,7 +215,7 @@ def test_it_shows_the_apis_counts_on_the_overview(watched: Watched, deployment: 
     # Times people read: "… ago", with the exact UTC time on hover.
     assert " ago" in failed.first.locator("td").first.inner_text()
     assert failed.first.locator("td").first.get_attribute("title").endswith(" UTC")
-    until(lambda: page.locator("figure[data-chart] polyline").count() > 0 or "no chart yet", "a chart", 25)
+    until(lambda: page.locator("figure[data-chart] polyline").count() > 0 or "no chart yet", "a chart", 40)
     watched.shot("overview")
 
 
