@@ -27,6 +27,7 @@ from provisioner import queue, reaper
 from provisioner.execution import HEARTBEAT_INTERVAL, JobContext, Outcome, execute_job, log_outcome
 from provisioner.observer import JobObserver, NullObserver
 from provisioner.runners import KNOWN_PROVISIONERS, Provisioner, default_runners
+from provisioner.runners.shell import sandbox_notice
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +269,7 @@ def start_in_process(count: int, observer: JobObserver | None = None) -> DaemonG
     group = DaemonGroup(daemons, ReaperLoop(observer=observer)).start()
     if count:
         log.info("started %d provisioner daemon(s)", count)
+        log.log(*sandbox_notice(daemons[0].runners.get("shell")))
     return group
 
 

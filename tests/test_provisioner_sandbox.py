@@ -18,9 +18,11 @@ from typing import Any
 
 import psutil
 import pytest
+from django.conf import settings
 
 from coderd.workspaces.services import create_build
 from provisioner.daemon import Daemon
+from provisioner.runners import sandbox
 from provisioner.runners.echo import EchoProvisioner
 from provisioner.runners.shell import ShellProvisioner
 from tests.fixtures import make_workspace
@@ -176,6 +178,44 @@ def test_it_keeps_a_template_admins_script_from_the_database_the_key_the_daemon_
         assert secret not in text and PSK not in text and "private-data" not in text
         # Its own PID namespace: the shell, bwrap's init and the few commands of that line.
         assert int(next(x for x in logs if x.startswith("processes:")).split()[1]) < 8
+    finally:
+        server.stop()
+
+
+def test_it_starts_without_bubblewrap_and_fails_only_shell_builds_saying_why(data_dir: Path) -> None:
+    env = {"CODER_PROVISIONER_SHELL_BWRAP": "/nonexistent/bwrap", "CODER_LOG_LEVEL": "info"}
+    server = Coderd(data_dir, kind="server", workers=1, metrics=False, env=env)
+    try:
+        assert (
+            "shell builds will fail: no sandbox can be made: bubblewrap ('/nonexistent/bwrap')"
+            in server.process.log()
+        )
+        owner = Api(server, server.first_user("owner"))
+        echo = owner.ok(
+            "POST",
+            "organizations/default/templateversions",
+            {"name": "e", "provisioner": "echo", "source": {"start": {"logs": ["echoed"]}}},
+        )
+        wait_for(
+            lambda: owner.ok("GET", f"templateversions/{echo['id']}")["job"]["status"] == "succeeded",
+            30,
+            "import",
+        )
+        template = owner.ok(
+            "POST", "organizations/default/templates", {"name": "e", "template_version_id": echo["id"]}
+        )
+        assert (
+            owner.finished(owner.workspace(template["id"], "e")["latest_build"]["id"])["status"]
+            == "succeeded"
+        )
+        # A shell import only parses its scripts; the build is what would run them.
+        build = owner.workspace(owner.template("s", {"start": "touch ran\n"}), "s")
+        job = owner.finished(build["latest_build"]["id"])
+        assert job["status"] == "failed"
+        assert (
+            "install bubblewrap" in job["error"] and "CODER_PROVISIONER_SHELL_SANDBOX=false" in job["error"]
+        )
+        assert not list(data_dir.glob("workspaces/*/ran"))
     finally:
         server.stop()
 
@@ -343,6 +383,29 @@ def test_it_makes_a_build_wait_for_every_process_of_an_earlier_script_of_its_wor
     job = build_job(workspace)
     assert job.get_status() == "succeeded", job.error
     assert (folder / "ran").exists()
+
+
+def test_it_hides_the_database_and_socket_folders_wherever_they_are(data_dir: Path) -> None:
+    base = data_dir.parent
+    for name in ("data/workspaces", "db", "pg", "redis"):
+        (base / name).mkdir(parents=True)
+    databases = {
+        "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(base / "db" / "coderd.sqlite3")},
+        "pg": {"ENGINE": "django.db.backends.postgresql", "HOST": str(base / "pg")},
+        "tcp": {"ENGINE": "django.db.backends.postgresql", "HOST": "127.0.0.1"},
+    }
+    hidden = sandbox.hidden_folders(data_dir, databases, f"unix://{base}/redis/redis.sock?db=0")
+    for name in ("data", "db", "pg", "redis"):
+        assert str(base / name) in hidden
+    # The settings' own data folder too; /tmp is the sandbox's own already; never "/".
+    assert os.path.realpath(settings.DATA_DIR) in hidden or settings.DATA_DIR.resolve().is_relative_to("/tmp")
+    assert "/" not in hidden and not any(h.startswith("/tmp") for h in hidden)
+    # A folder under a hidden one is hidden with it.
+    inside = {
+        "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(data_dir / "workspaces" / "x.db")}
+    }
+    hidden = sandbox.hidden_folders(data_dir, inside, "")
+    assert str(data_dir) in hidden and str(data_dir / "workspaces") not in hidden
 
 
 def test_it_keeps_the_settings_heartbeat_equal_to_the_daemons(settings: Any) -> None:

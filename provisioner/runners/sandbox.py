@@ -91,14 +91,20 @@ def _under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-def hidden_folders(data_dir: Path) -> list[str]:
+def hidden_folders(
+    data_dir: Path,
+    databases: Mapping[str, Mapping[str, object]] | None = None,
+    redis_url: str | None = None,
+) -> list[str]:
     """Folders replaced by an empty tmpfs: where the database, the secret key and the workspaces are.
 
     CODER_DATA_DIR may be anywhere (and a daemon's data folder may differ from the server's); a
     SQLite file or a PostgreSQL/Redis Unix socket may live outside it (a socket with peer
-    authentication would let the daemon's user in without a password)."""
+    authentication would let the daemon's user in without a password). `databases` and
+    `redis_url` default to the settings'."""
     candidates: list[str] = [str(data_dir), str(settings.DATA_DIR)]
-    for db in settings.DATABASES.values():
+    databases = settings.DATABASES if databases is None else databases
+    for db in databases.values():
         engine = str(db.get("ENGINE", ""))
         if engine.endswith("sqlite3"):
             candidates.append(str(Path(str(db.get("NAME", ""))).parent))
@@ -108,7 +114,7 @@ def hidden_folders(data_dir: Path) -> list[str]:
                 candidates.append(host)
             elif not host:
                 candidates += _PG_SOCKET_DIRS
-    redis = str(getattr(settings, "REDIS_URL", "") or "")
+    redis = str((getattr(settings, "REDIS_URL", "") if redis_url is None else redis_url) or "")
     if redis.startswith("unix://"):
         candidates.append(str(Path(redis[len("unix://") :].split("?")[0]).parent))
     folders: list[str] = []

@@ -371,3 +371,21 @@ class ShellProvisioner:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+
+
+def sandbox_notice(shell: object = None) -> tuple[int, str]:
+    """What a starting daemon says of the shell sandbox, so that an operator hears of a missing
+    bubblewrap at start-up rather than at the first shell build: (logging level, message). `shell`
+    is the daemon's shell runner, whose trial is then remembered."""
+    if not isinstance(shell, ShellProvisioner):
+        shell = ShellProvisioner()
+    try:
+        path = shell.sandbox_path()
+    except sandbox.SandboxUnavailable as exc:
+        return logging.WARNING, f"shell builds will fail: no sandbox can be made: {exc}"
+    if path is None:
+        return logging.WARNING, (
+            f"shell scripts run unconfined ({sandbox.SETTING}=false): a template admin's script can "
+            "read and write the database and the secret key"
+        )
+    return logging.INFO, f"shell scripts run in bubblewrap ({path})"

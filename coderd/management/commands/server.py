@@ -149,6 +149,7 @@ class Command(OneLineCommand, BaseCommand):
         "overrides its CODER_* environment variable. Set only by variable: CODER_DATA_DIR (data "
         "folder), CODER_PG_CONNECTION_URL (PostgreSQL instead of SQLite), CODER_REDIS_URL, "
         "CODER_SECRET_KEY, CODER_PROVISIONER_DAEMON_PSK, CODER_PROVISIONER_HUNG_JOB_TIMEOUT, "
+        "CODER_PROVISIONER_SHELL_SANDBOX and CODER_PROVISIONER_SHELL_BWRAP (the shell scripts' sandbox), "
         "CODER_PROMETHEUS_PUBLIC, CODER_PROMETHEUS_DJANGO_DB_METRICS, CODER_ALLOWED_HOSTS, "
         "CODER_WORKERS and CODER_REPLICAS (for the deployment checks), CODER_DEBUG; docs/configuration.md's "
         "Configuration table says what each does."

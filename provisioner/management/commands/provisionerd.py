@@ -228,6 +228,10 @@ class Command(OneLineCommand, BaseCommand):
         logger.info(
             "provisionerd %s: %s for %s, data folder %s", name, ",".join(types), url, settings.DATA_DIR
         )
+        if "shell" in types:
+            from provisioner.runners.shell import sandbox_notice
+
+            logger.log(*sandbox_notice(daemon.runners.get("shell")))
         try:
             daemon.run()
         except Refused as exc:
