@@ -256,6 +256,10 @@ class DaemonGroup:
         for daemon in self.daemons:
             daemon.close()
 
+    def busy(self) -> int:
+        """How many daemons are running a job now."""
+        return sum(1 for daemon in self.daemons if daemon.current_job_id is not None)
+
     def alive(self) -> int:
         return sum(1 for t in self.threads if t.is_alive())
 

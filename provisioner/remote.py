@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -138,7 +139,9 @@ class RemoteDaemon:
         data_dir: Path | None = None,
         poll_interval: float = POLL_INTERVAL,
         version: str = "",
+        on_job: Callable[[JobSpec], None] = lambda spec: None,
     ) -> None:
+        """`on_job` is told of each job as it starts running here (provisionerd's stop notice)."""
         from django.conf import settings
 
         self.url = serve_url(url, organization)
@@ -155,6 +158,8 @@ class RemoteDaemon:
         self.version = version
         self.daemon_id: str | None = None
         self.last_outcome: Outcome | None = None
+        self.running: JobSpec | None = None  # the job being run, for the stop notice
+        self.on_job = on_job
         self._stopping = threading.Event()
         self._closing = threading.Event()
         self._wake = threading.Event()
@@ -201,15 +206,20 @@ class RemoteDaemon:
             return False
         spec = JobSpec.from_dict(reply)
         log.info("running %s", spec.describe())
-        self.last_outcome = execute_job(
-            spec,
-            RemoteSink(link, spec.job_id),
-            self.runners,
-            data_dir=self.data_dir,
-            closing=self._closing,
-            observer=self.observer,
-            heartbeat_interval=HEARTBEAT_INTERVAL,
-        )
+        self.running = spec
+        self.on_job(spec)
+        try:
+            self.last_outcome = execute_job(
+                spec,
+                RemoteSink(link, spec.job_id),
+                self.runners,
+                data_dir=self.data_dir,
+                closing=self._closing,
+                observer=self.observer,
+                heartbeat_interval=HEARTBEAT_INTERVAL,
+            )
+        finally:
+            self.running = None
         log_outcome(log, "", spec, self.last_outcome)
         if self.last_outcome.stopped == STOP_LOST:
             raise SinkLost("the link dropped during the job")

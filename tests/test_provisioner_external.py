@@ -157,12 +157,14 @@ def test_it_runs_a_build_on_an_external_daemon_and_streams_its_logs_to_the_end(c
         assert remote and remote[0]["external"] and remote[0]["last_seen_at"]
         assert job["worker_id"] == remote[0]["id"]
 
-        # SIGTERM while a build runs: the build finishes, then the daemon exits 0.
+        # Ctrl-C while a build runs: the build finishes, then the daemon exits 0 (as under SIGTERM,
+        # and as `manage.py server` does), saying how to stop at once while it waits.
         slow = coderd.ok("POST", f"workspaces/{workspace['id']}/builds", {"transition": "stop"})
         wait_for(lambda: coderd.build_status(slow["id"])["status"] == "running", 20, "the stop build to run")
-        daemon.popen.send_signal(signal.SIGTERM)
+        daemon.popen.send_signal(signal.SIGINT)
         assert daemon.popen.wait(timeout=20) == 0
         assert coderd.build_status(slow["id"])["status"] == "succeeded"
+        assert "waiting for 1 running job(s) to finish: press Ctrl-C again to stop now" in daemon.log()
     finally:
         daemon.stop()
 
@@ -185,7 +187,7 @@ def test_it_fails_the_build_of_an_external_daemon_killed_mid_job(coderd, tmp_pat
         daemon.stop()
 
 
-def test_it_stops_the_running_job_on_a_second_sigterm_or_a_sigint(coderd, tmp_path):
+def test_it_stops_the_running_job_on_a_second_ctrl_c_or_sigterm(coderd, tmp_path):
     coderd.start()
     coderd.first_user()
     setup = provisionerd(coderd, tmp_path, "importer")
@@ -193,9 +195,9 @@ def test_it_stops_the_running_job_on_a_second_sigterm_or_a_sigint(coderd, tmp_pa
         template_id = coderd.template("sh", "shell", {"start": "echo started\nsleep 30\n"})
     finally:
         setup.stop()
-    for name, signals in [
-        ("twice-termed", [signal.SIGTERM, signal.SIGTERM]),
-        ("interrupted", [signal.SIGINT]),
+    for name, signals, notice in [
+        ("twice-termed", [signal.SIGTERM, signal.SIGTERM], "send SIGTERM again to stop now"),
+        ("twice-interrupted", [signal.SIGINT, signal.SIGINT], "press Ctrl-C again to stop now"),
     ]:
         daemon = provisionerd(coderd, tmp_path, name)
         try:
@@ -203,9 +205,9 @@ def test_it_stops_the_running_job_on_a_second_sigterm_or_a_sigint(coderd, tmp_pa
             wait_for(lambda b=build_id: coderd.build_status(b)["status"] == "running", 20, "the build to run")
             for i, sig in enumerate(signals):
                 daemon.popen.send_signal(sig)
-                if i == 0 and len(signals) == 2:
-                    # The first SIGTERM waits for the job: the daemon is still there.
-                    wait_for(lambda d=daemon: "SIGTERM: finishing" in d.log(), 10, "the graceful notice")
+                if i == 0:
+                    # The first signal waits for the job, and says how not to: the daemon is still there.
+                    wait_for(lambda d=daemon, n=notice: n in d.log(), 10, "the graceful notice")
                     assert daemon.popen.poll() is None
             assert daemon.popen.wait(timeout=10) == 0
             job = coderd.build_status(build_id)

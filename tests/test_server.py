@@ -300,16 +300,22 @@ def test_it_lets_the_running_build_finish_on_sigterm(tmp_path: Path) -> None:
         server.stop()
     assert job_outcome(tmp_path, build) == (True, "")  # finished, not failed
     assert "stopping 1 provisioner daemon(s)" in server.log()
+    assert "waiting for 1 running job(s) to finish: send SIGTERM again to stop now" in server.log()
 
 
-def test_it_stops_at_once_on_a_second_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("sig", "notice"),
+    [(signal.SIGTERM, "send SIGTERM again to stop now"), (signal.SIGINT, "press Ctrl-C again to stop now")],
+)
+def test_it_stops_at_once_on_a_second_signal(tmp_path: Path, sig: signal.Signals, notice: str) -> None:
     server = start_server(tmp_path, "--http-address", "127.0.0.1:0", "--provisioner-daemons", "1")
     try:
         base = served_url(server)
         _, build = start_a_build(base, start_ms=120_000)
-        os.kill(server.pid, signal.SIGTERM)
-        wait_for(lambda: "stopping 1 provisioner daemon(s)" in server.log(), 15, "the daemons' shutdown")
-        os.kill(server.pid, signal.SIGTERM)
+        os.kill(server.pid, sig)
+        wait_for(lambda: notice in server.log(), 15, "the notice of the graceful stop")
+        assert server.popen.poll() is None  # waiting for the job
+        os.kill(server.pid, sig)
         # Far sooner than the two-minute build or the 30 s graceful wait.
         assert server.popen.wait(timeout=15) == 0
     finally:

@@ -3,7 +3,8 @@
 Every flag has a CODER_* variable; the variables are read once by settings.py and a flag given on the
 command line overrides its variable's value in `django.conf.settings` before anything starts, so the
 rest of coderd reads one place. Start-up logs only where it serves and the data folder; SIGTERM or
-SIGINT stops the listener, lets in-process daemons finish their jobs, and exits 0.
+Ctrl-C stops the listener, lets in-process daemons finish their jobs (a second one stops them now,
+recorded as failed: coderd.cli.StopSignals, provisionerd's rule too), and exits 0.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from coderd.cli import Once, OneLineCommand, OneLineParser
+from coderd.cli import Once, OneLineCommand, OneLineParser, StopSignals
 from coderd.env import (
     MAX_PROVISIONER_DAEMONS,
     EnvError,
@@ -198,6 +198,7 @@ class Command(OneLineCommand, BaseCommand):
                 finally:
                     if settings.PROVISIONER_DAEMONS:
                         logger.info("stopping %d provisioner daemon(s)", settings.PROVISIONER_DAEMONS)
+                        stop.waiting_for(daemons.busy())
                     # Graceful: running jobs finish (up to the group's timeout); a second signal
                     # closes them instead (their jobs are recorded as failed).
                     daemons.shutdown(graceful=not stop.forced)
@@ -283,34 +284,28 @@ class Command(OneLineCommand, BaseCommand):
         asyncio.run(server.server.serve(sockets=[sock]))
 
 
-class _StopFlag:
-    """SIGTERM/SIGINT set a flag (and stop uvicorn's loop); a second one skips the graceful wait."""
+class _StopFlag(StopSignals):
+    """The server's stop: SIGTERM or Ctrl-C stops uvicorn's loop and lets the in-process daemons
+    finish their jobs; a second one also cuts open connections and stops those jobs (StopSignals'
+    rule, the same as provisionerd's)."""
 
     def __init__(self) -> None:
-        self.requested = False
-        self.forced = False
+        super().__init__(logger, graceful=self._stop_serving, now=self._stop_now, busy=self._busy)
         self.server: _Server | None = None
         self.daemons: Any = None
 
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            self.forced = True
-        else:
-            logger.info("received %s, stopping", signal.Signals(signum).name)
-        self.requested = True
-        if self.server is not None:
-            self.server.stop(force=self.forced)
-        if self.forced and self.daemons is not None:
-            self.daemons.close()  # sets flags only: the shutdown waiting in handle() returns soon
+    def _busy(self) -> int:
+        return self.daemons.busy() if self.daemons is not None else 0
 
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+    def _stop_serving(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+    def _stop_now(self) -> None:
+        if self.server is not None:
+            self.server.stop(force=True)
+        if self.daemons is not None:
+            self.daemons.close()  # sets flags only: the shutdown waiting in handle() returns soon
 
 
 def _migrate() -> None:

@@ -5,16 +5,16 @@
 
 It connects to coderd's serve websocket with the pre-shared key and runs jobs here (shell scripts
 run under this machine's CODER_DATA_DIR/workspaces). It reconnects with backoff when coderd goes
-away. SIGTERM: finish the running job, then exit; a second SIGTERM, or SIGINT: stop the running
-job now (it is recorded failed) and exit.
+away. Ctrl-C or SIGTERM: finish the running job, then exit; a second one: stop the running job now
+(it is recorded failed) and exit (coderd.cli.StopSignals, the server's rule too).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
-import signal
 import socket
 import sys
 from typing import Any
@@ -23,7 +23,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from coderd.cli import Once as _Once
-from coderd.cli import OneLineCommand
+from coderd.cli import OneLineCommand, StopSignals
 from coderd.env import (
     EnvError,
     invoked_as,
@@ -207,24 +207,27 @@ class Command(OneLineCommand, BaseCommand):
                 self._fail(str(exc), code=1)
             logger.info("serving metrics on http://%s:%d/", host, port)
 
-        daemon = RemoteDaemon(
-            url, psk, name, types, organization=organization, observer=observer, poll_interval=poll
+        # Ctrl-C and SIGTERM alike: the first lets the running job finish, a second stops it now
+        # (recorded failed), as `manage.py server` does (StopSignals). A job that reaches this
+        # daemon after the first signal runs too, and the wait is said then.
+        stop = StopSignals(
+            logger,
+            graceful=lambda: daemon.shutdown(),
+            now=lambda: daemon.close(),
+            busy=lambda: int(daemon.running is not None),
         )
-        terms = 0
-
-        def on_term(signum: int, frame: Any) -> None:
-            # Handlers only set flags; the loop does the work.
-            nonlocal terms
-            terms += 1
-            if signum == signal.SIGTERM and terms == 1:
-                logger.info("SIGTERM: finishing the running job, then exiting (again to stop it now)")
-                daemon.shutdown()
-            else:
-                logger.info("stopping the running job and exiting")
-                daemon.close()
-
-        signal.signal(signal.SIGTERM, on_term)
-        signal.signal(signal.SIGINT, on_term)
+        daemon = RemoteDaemon(
+            url,
+            psk,
+            name,
+            types,
+            organization=organization,
+            observer=observer,
+            poll_interval=poll,
+            on_job=lambda spec: stop.waiting_for(1) if stop.requested else None,
+        )
+        stack = contextlib.ExitStack()
+        stack.enter_context(stop.installed())
         logger.info(
             "provisionerd %s: %s for %s, data folder %s", name, ",".join(types), url, settings.DATA_DIR
         )
@@ -242,6 +245,7 @@ class Command(OneLineCommand, BaseCommand):
                 code=1,
             )
         finally:
+            stack.close()
             if stop_metrics is not None:
                 stop_metrics()
         logger.info("stopped")
