@@ -167,6 +167,28 @@ def metrics_installed(**build: Any) -> Iterator[Any]:
 
 
 @pytest.fixture(autouse=True)
+def _no_connection_outlives_its_test() -> Iterator[None]:
+    """Close the database connections that threads other than the test's keep between requests.
+
+    Connections persist (CONN_MAX_AGE), and sync code reached from async tests runs in asgiref's
+    shared thread or in the API's request threads, not in the test's. pytest-django closes only the
+    test's own thread's connection, so a later test without database access would meet the earlier
+    test's connection there (channels health-checks it on every websocket event: "Database access
+    not allowed"), and on PostgreSQL it would hold the test database open.
+    """
+    yield
+    import sys
+
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+    asgi = sys.modules.get("coderd.asgi")  # only if a test built the application
+    if asgi is not None:
+        asgi.http_app.threads.close()
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(settings: Any) -> None:
     # PBKDF2's default cost makes each user half a second; these tests are not about hashing.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
