@@ -71,13 +71,11 @@ def cancel(actor: Any, job: ProvisionerJob) -> Any:
 @admin.register(ProvisionerJob)
 class ProvisionerJobAdmin(admin.ModelAdmin):
     list_display = (
-        "short_id", "type", "provisioner", "status", "subject", "initiator", "worker", "created",
-        "started", "took",
+        "short_id", "type", "status", "subject", "initiator", "worker", "created", "took",
     )  # fmt: skip
     list_filter = (JobStatusFilter, "type", "provisioner", "created_at")
     ordering = ("-created_at",)
     created = when_column("created_at")
-    started = when_column("started_at")
     # A UUID column searched with icontains matches the 8-character ids shown in the list.
     search_fields = ("id", "error", "initiator__username", "worker__name")
     list_select_related = ("initiator", "worker", "workspace_build__workspace", "template_version")
