@@ -330,3 +330,15 @@ def test_it_lets_an_auditor_read_the_trail_in_the_admin(auditor: Any, member: An
     member_client = Client()
     member_client.force_login(member)
     assert member_client.get(AUDIT).status_code == 302  # to the admin's login page
+
+
+def test_it_gives_the_rows_of_one_action_one_request_id(
+    admin_client: Client, member: Any, other_member: Any
+) -> None:
+    AuditLog.objects.all().delete()
+    act(admin_client, "/admin/users/user/", "suspend_users", member.pk, other_member.pk)
+    act(admin_client, "/admin/users/user/", "activate_users", member.pk)
+    suspends = AuditLog.objects.filter(diff__status__new="suspended")
+    assert suspends.count() == 2 and len({r.request_id for r in suspends}) == 1
+    activate = AuditLog.objects.get(diff__status__new="active")
+    assert activate.request_id != suspends[0].request_id
