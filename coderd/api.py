@@ -17,7 +17,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import DataError, IntegrityError
+from django.db import DataError, IntegrityError, InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.urls import URLPattern
 from ninja import NinjaAPI, Schema, Swagger
@@ -26,6 +26,7 @@ from ninja.parser import Parser
 
 from coderd.decoding import UNSUPPORTED
 from coderd.errors import APIError
+from coderd.outages import database_unavailable_response, note_database_error
 from coderd.users.auth import session_auth
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,16 @@ def _data_error(request: HttpRequest, exc: DataError) -> HttpResponse:
     # A value the database cannot store (too long for a column, out of range): the client's input.
     log.info("data error on %s %s: %s", request.method, request.path, exc)
     return json_error(400, "The request contains a value that cannot be stored.")
+
+
+@api.exception_handler(OperationalError)
+@api.exception_handler(InterfaceError)
+def _database_unavailable(request: HttpRequest, exc: Exception) -> HttpResponse:
+    # An unreachable database is one log line per outage (coderd.outages); anything else that kept
+    # a query from running (a lock or statement timeout) is worth a retry too, and a line here.
+    if not note_database_error(exc):
+        log.warning("database error on %s %s: %s", request.method, request.path, " ".join(str(exc).split()))
+    return database_unavailable_response()
 
 
 @api.exception_handler(UnicodeError)

@@ -11,8 +11,8 @@ class CoderdConfig(AppConfig):
         from django.contrib import admin
         from django.contrib.auth.models import Group
 
-        # Importing registers the checks (@register); nothing else happens at start-up.
-        from coderd import checks, deploy_checks  # noqa: F401
+        # Importing registers the checks (@register) and the receivers; nothing else happens at start-up.
+        from coderd import checks, deploy_checks, signals  # noqa: F401
 
         # Roles are coderd's own (User.roles): Django's groups mean nothing here. The admin app's
         # ready() (earlier in INSTALLED_APPS) has registered them by now.

@@ -191,12 +191,27 @@ AUTH_PASSWORD_VALIDATORS = [
 REDIS_URL = env_str("CODER_REDIS_URL", "")
 if REDIS_URL:
     REDIS_URL = parse_redis_url(REDIS_URL)
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # redis-py 8 reads with a 5 s socket timeout by default, the same length as channels_redis's
-            # blocking BZPOPMIN: the read timed out and killed long-lived consumers. Give reads room.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        # redis-py 8 reads with a 5 s socket timeout by default, the same length as
+                        # channels_redis's blocking BZPOPMIN: the read timed out and killed long-lived
+                        # consumers. Give reads room; a Redis that does not answer at all is cut here.
+                        "socket_timeout": 30,
+                        "socket_connect_timeout": 2,
+                        # A pooled connection that a restarted Redis closed fails once, then a new one
+                        # is made: without a retry that first command failed (a 500 after the outage).
+                        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+                    }
+                ]
+            },
         }
     }
 else:
@@ -273,6 +288,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "filters": {"database_outage": {"()": "coderd.outages.DatabaseOutageLogFilter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "line"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
@@ -282,5 +298,7 @@ LOGGING = {
         # A request naming a host not in ALLOWED_HOSTS (scanners send them all day) is answered 400;
         # Django would also log each one at ERROR with a traceback.
         "django.security.DisallowedHost": {"level": "CRITICAL"},
+        # An error page caused by an unreachable database: one line per outage, not a traceback each.
+        "django.request": {"filters": ["database_outage"]},
     },
 }

@@ -4,16 +4,29 @@ under /api/."""
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 from django.contrib.staticfiles import finders
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.defaults import page_not_found
 from django.views.defaults import server_error as django_server_error
 
+from coderd import outages
+
 
 def healthz(request: HttpRequest) -> HttpResponse:
-    # Coder answers "OK" as text; load balancers only look at the status.
+    """ "OK" as Coder answers it, but only while the database answers too: a replica that cannot
+    reach it can serve nothing, and its load balancer should send the traffic elsewhere."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DatabaseError as exc:
+        outages.note_database_error(exc)
+        response = HttpResponse("database unavailable", content_type="text/plain", status=503)
+        response["Retry-After"] = str(outages.RETRY_AFTER_SECONDS)
+        return response
     return HttpResponse("OK", content_type="text/plain")
 
 
@@ -45,7 +58,18 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
-    """handler500: an error outside the API's own handlers (a middleware) still answers API JSON."""
+    """handler500: an error outside the API's own handlers (a middleware) still answers API JSON.
+
+    Django calls it inside its `except`: an unreachable database there (the admin, /metrics) is a
+    503 too, logged once per outage (coderd.outages.DatabaseOutageLogFilter) instead of a traceback."""
+    if outages.is_database_outage(sys.exc_info()[1] or Exception()):
+        if request.path.startswith("/api/") or request.path == "/metrics":
+            return outages.database_unavailable_response()
+        response = HttpResponse(
+            "The database is unavailable; try again in a few seconds.", content_type="text/plain", status=503
+        )
+        response["Retry-After"] = str(outages.RETRY_AFTER_SECONDS)
+        return response
     if request.path.startswith("/api/"):
         return JsonResponse(
             {

@@ -27,6 +27,7 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 
 from coderd.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from coderd.outages import RETRY_AFTER_SECONDS
 
 REFUSED_BAD_REQUEST = 4400
 REFUSED_UNAUTHENTICATED = 4401
@@ -55,8 +56,8 @@ def can_deny(scope: dict[str, Any]) -> bool:
 
 
 def status_for_close(code: Any) -> int:
-    """The HTTP status a refusal's close code asks for: 4000 + a 4xx status, else 403."""
-    if isinstance(code, int) and 4400 <= code <= 4499:
+    """The HTTP status a refusal's close code asks for: 4000 + a 4xx or 5xx status, else 403."""
+    if isinstance(code, int) and 4400 <= code <= 4599:
         return code - 4000
     return 403
 
@@ -66,13 +67,10 @@ async def send_denial(send, status: int, message: str = "", detail: str = "") ->
     body = json.dumps(
         {"message": message or _MESSAGES.get(status, "Refused."), "detail": detail, "validations": []}
     ).encode()
-    await send(
-        {
-            "type": "websocket.http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 503:  # a dependency is away (coderd.outages): say when to come back
+        headers.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
+    await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
 
 

@@ -24,7 +24,8 @@ from metrics.routes import http_route, resolve_route
 
 _TASKS_UPDATE_SECONDS = 1.0
 # One line per request (method, route, status, duration): DEBUG when it went well, WARNING for a 5xx,
-# as Coder's request logger does; INFO stays for start-up and events.
+# as Coder's request logger does; INFO stays for start-up and events. A 503 is DEBUG too: it is an
+# outage of a dependency, already logged once for all its requests (coderd.outages).
 request_log = logging.getLogger("coderd.http")
 # Any other method a client invents is labelled OTHER: a label value must not come from the client.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
@@ -102,7 +103,7 @@ def _record(metrics, request, code: int, seconds: float) -> None:
     if route is None:
         route = http_route(request)
     metrics.observe_request(method, route, code, seconds)
-    level = logging.WARNING if code >= 500 else logging.DEBUG
+    level = logging.WARNING if code >= 500 and code != 503 else logging.DEBUG
     if request_log.isEnabledFor(level):
         request_log.log(level, "%s %s %s %.1fms", method, route or request.path, code, seconds * 1000)
 

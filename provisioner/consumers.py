@@ -2,7 +2,9 @@
 
 Followers join a channel-layer group per job (or workspace) before reading the backlog, then re-read
 the database from the last id they sent whenever told something changed (and every second anyway,
-in case a notice was lost): no gaps, no duplicates, and it works across processes with Redis.
+in case a notice was lost): no gaps, no duplicates, and it works across processes with Redis. Their
+base (coderd.websockets.Consumer) keeps them going through a Redis outage and closes them when their
+session is revoked.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.db import DatabaseError
 from django.utils import timezone
 
+from coderd import outages
+from coderd.websockets import TRY_AGAIN_LATER, Consumer
 from coderd.ws_notfound import REFUSED_BAD_REQUEST, REFUSED_NOT_FOUND, REFUSED_UNAUTHENTICATED
 from provisioner import notify, queue
 from provisioner.execution import GONE, HEARTBEAT_INTERVAL, LogLine
@@ -97,16 +101,19 @@ def session_user(scope: dict[str, Any]) -> Any:
 
 
 @database_sync_to_async
-def _user_for_scope(scope: dict[str, Any]) -> Any:
-    from coderd.users.services import user_for_token
+def _auth_for_scope(scope: dict[str, Any]) -> tuple[Any, Any]:
+    """(user, API key) of the socket: the key its token names, or (user, None) for the admin's
+    session cookie; (None, None) when neither is valid."""
+    from coderd.users.services import api_key_for_token
 
     token = token_from_scope(scope)
     if token:
-        return user_for_token(token, timezone.now())
-    return session_user(scope)
+        key = api_key_for_token(token, timezone.now())
+        return (key.user, key) if key else (None, None)
+    return session_user(scope), None
 
 
-class JsonConsumer(AsyncJsonWebsocketConsumer):
+class JsonConsumer(Consumer):
     """Bad frames (binary, not JSON) are answered, never a crash."""
 
     async def receive(
@@ -143,16 +150,14 @@ class JobLogsConsumer(JsonConsumer):
     not_found = "Not found."
 
     async def connect(self) -> None:
-        notify.register_serving_loop()
         self.finished = True
-        self.poller: asyncio.Task | None = None
         # Refused before accept: where the server can (uvicorn), the client gets the status the close
         # code names, with the API's JSON error (coderd.ws_notfound); elsewhere a plain 403.
         after = _after_param(self.scope)
         if after is None:
             await self.close(code=REFUSED_BAD_REQUEST, reason="Query parameter 'after' must be a log id.")
             return
-        user = await _user_for_scope(self.scope)
+        user, key = await _auth_for_scope(self.scope)
         if user is None:
             await self.close(code=REFUSED_UNAUTHENTICATED)
             return
@@ -162,12 +167,12 @@ class JobLogsConsumer(JsonConsumer):
             return
         self.job_id, self.after, self.finished = job_id, after, False
         self.lock = asyncio.Lock()
-        self.group = notify.job_group(job_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.join(notify.job_group(job_id))
+        await self.follow_session(user, key)
         await self.accept()
         await self.catch_up()
         if not self.finished:
-            self.poller = asyncio.ensure_future(self._poll())
+            self.spawn(self._poll())
 
     def find_job(self, user: Any) -> Any:
         raise NotImplementedError
@@ -199,13 +204,6 @@ class JobLogsConsumer(JsonConsumer):
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         pass  # followers only listen
-
-    async def disconnect(self, code: int) -> None:
-        self.finished = True
-        if self.poller is not None and self.poller is not asyncio.current_task():
-            self.poller.cancel()
-        if getattr(self, "group", None):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
 
 
 class BuildLogsConsumer(JobLogsConsumer):
@@ -262,10 +260,7 @@ class WorkspaceWatchConsumer(JsonConsumer):
     """/api/v2/workspaces/{workspace}/watch-ws: the workspace as JSON, again each time it changes."""
 
     async def connect(self) -> None:
-        notify.register_serving_loop()
-        self.poller: asyncio.Task | None = None
-        self.group = None
-        user = await _user_for_scope(self.scope)
+        user, key = await _auth_for_scope(self.scope)
         if user is None:
             await self.close(code=REFUSED_UNAUTHENTICATED)
             return
@@ -275,11 +270,11 @@ class WorkspaceWatchConsumer(JsonConsumer):
             return
         self.last: dict[str, Any] | None = None
         self.lock = asyncio.Lock()
-        self.group = notify.workspace_group(self.workspace_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.join(notify.workspace_group(self.workspace_id))
+        await self.follow_session(user, key)
         await self.accept()
         await self.push()
-        self.poller = asyncio.ensure_future(self._poll())
+        self.spawn(self._poll())
 
     def _visible(self, user: Any) -> bool:
         from coderd.users.auth import can_read_workspace
@@ -309,12 +304,6 @@ class WorkspaceWatchConsumer(JsonConsumer):
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         pass
 
-    async def disconnect(self, code: int) -> None:
-        if self.poller is not None:
-            self.poller.cancel()
-        if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
-
 
 class ProvisionerDaemonServeConsumer(JsonConsumer):
     """/api/v2/organizations/{organization}/provisionerdaemons/serve: an external daemon's link.
@@ -327,7 +316,6 @@ class ProvisionerDaemonServeConsumer(JsonConsumer):
     """
 
     async def connect(self) -> None:
-        notify.register_serving_loop()
         self.daemon_id: Any = None
         self.job_id: Any = None
         self.job_spec: Any = None
@@ -385,13 +373,14 @@ class ProvisionerDaemonServeConsumer(JsonConsumer):
             return
         try:
             await handler(content)
-        except Exception:
-            # Channels would end the connection without calling disconnect(): the job in flight
-            # would stay running until the reaper. Fail it now, as for a dropped connection.
+        except Exception as exc:
+            if isinstance(exc, DatabaseError) and outages.note_database_error(exc):
+                # The daemon reconnects and says hello again once the database is back.
+                await self.close(code=TRY_AGAIN_LATER, reason="The database is unavailable; reconnect later.")
+                return
+            # Fail the job in flight now (disconnect()), as for a dropped connection.
             log.exception("external daemon %s: %s message failed; closing its connection", self.name, kind)
-            await self.disconnect(1011)
-            self.daemon_id = None  # disconnect() has run: the close must not run it again
-            await self.close(code=1011)
+            await self.close(code=1011)  # and disconnect() fails the job in flight
 
     async def on_hello(self, content: dict[str, Any]) -> None:
         name = str(content.get("name") or "")[:128] or f"external-{uuid.uuid4().hex[:8]}"

@@ -11,6 +11,8 @@ from urllib.parse import unquote
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
 from django.test import override_settings
 
 # Imported at collection: its django.setup() re-applies LOGGING, which would drop the handler of
@@ -50,7 +52,14 @@ async def _http(method: str, raw_path: str, headers: list | None = None) -> tupl
         "client": ("127.0.0.1", 40000),
         "server": ("127.0.0.1", 3000),
     }
-    await application(scope, receive, send)
+    # As Django's test client does: the test's own connection, in its transaction, must stay open.
+    for signal in (request_started, request_finished):
+        signal.disconnect(close_old_connections)
+    try:
+        await application(scope, receive, send)
+    finally:
+        for signal in (request_started, request_finished):
+            signal.connect(close_old_connections)
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return start["status"], {k.decode().lower(): v.decode() for k, v in start["headers"]}, body

@@ -5,6 +5,7 @@ Each function checks the actor's roles (coderd.users.auth) and raises coderd.err
 
 from __future__ import annotations
 
+import functools
 import hmac
 import re
 from collections.abc import Iterable
@@ -33,6 +34,7 @@ from coderd.users.models import (
     UserStatus,
     hash_secret,
 )
+from coderd.websockets import close_sessions
 
 DEFAULT_ORGANIZATION_NAME = "coder"
 # Coder's name rule for users, templates and workspaces (codersdk.NameValid).
@@ -230,6 +232,8 @@ def suspend_user(actor: User, user: User) -> User:
         # As Coder (400, coderd/users.go putUserStatus): you would lock yourself out.
         raise BadRequest("You cannot suspend yourself.")
     User.objects.filter(pk=user.pk).update(status=UserStatus.SUSPENDED, updated_at=timezone.now())
+    # Their keys stop working at once (api_key_for_token); their open websockets must stop too.
+    transaction.on_commit(functools.partial(close_sessions, user_id=user.pk))
     user.refresh_from_db()
     return user
 
@@ -254,6 +258,7 @@ def delete_user(actor: User, user: User) -> None:
         if user.workspaces.filter(deleted=False).exists():
             raise Conflict("You cannot delete a user that has workspaces. Delete their workspaces first.")
         APIKey.objects.filter(user=user).delete()
+        transaction.on_commit(functools.partial(close_sessions, user_id=user.pk))
         # Free the email and username for reuse; the id keeps history linked.
         suffix = f"-deleted-{str(user.pk)[:8]}"
         User.objects.filter(pk=user.pk).update(
