@@ -25,6 +25,7 @@ from django.core.exceptions import SuspiciousFileOperation
 from django.http import Http404
 from django.urls import re_path
 
+from coderd.logredact import redact_server_logs
 from coderd.routing import websocket_urlpatterns
 from coderd.ws_notfound import RefusalMiddleware, allowed_hosts_origin_check, not_found, quiet_uvicorn_denials
 from metrics.asgi import MetricsWebsocketMiddleware
@@ -67,3 +68,4 @@ application = ProtocolTypeRouter(
     }
 )
 quiet_uvicorn_denials()
+redact_server_logs()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import Error, Warning, register
 
+from coderd.datadir import exposed
 from coderd.env import EnvError, parse_http_url
 
 # Shorter pre-shared keys and secret keys are guessable; Django asks 50 for SECRET_KEY.
@@ -124,4 +126,27 @@ def check_configuration(app_configs: Sequence[Any] | None = None, **kwargs: Any)
                 id="coderd.W006",
             )
         )
+    problems.extend(_data_dir_problems())
     return problems
+
+
+def _data_dir_problems() -> list:
+    """coderd.W006: the data folder, database or secret key readable by others (made so before
+    coderd created them private, or changed since)."""
+    data_dir = Path(settings.DATA_DIR)
+    paths = [data_dir, data_dir / "secret_key"]
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3"):
+        paths.append(Path(database["NAME"]))
+    found = exposed(paths)
+    if not found:
+        return []
+    listed = ", ".join(f"{path} ({mode:o})" for path, mode in found)
+    return [
+        Warning(
+            f"Others can read coderd's data: {listed}. It holds the database (admin sessions, "
+            "token hashes) and the secret key.",
+            hint=f"chmod 700 {data_dir} (and 600 the files in it), as coderd makes a data folder it creates.",
+            id="coderd.W006",
+        )
+    ]

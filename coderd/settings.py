@@ -11,6 +11,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
+from coderd.datadir import ensure_private_dir, ensure_private_file
 from coderd.env import (
     CONN_MAX_AGE,
     MAX_PROVISIONER_DAEMONS,
@@ -45,7 +46,9 @@ if not _data_dir.strip():
     raise EnvError("CODER_DATA_DIR='' is empty: give a folder, or unset it to use the default")
 DATA_DIR = Path(_data_dir).expanduser()
 try:
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    # The database and the secret key live here: a folder we create is ours alone (an existing one
+    # that others can read is reported by the check coderd.W006).
+    ensure_private_dir(DATA_DIR)
 except OSError as exc:
     raise EnvError(f"CODER_DATA_DIR={str(DATA_DIR)!r} cannot be created: {exc.strerror}") from None
 
@@ -95,6 +98,8 @@ if SESSION_DURATION > MAX_TOKEN_LIFETIME:
         f"CODER_MAX_TOKEN_LIFETIME ({format_duration(MAX_TOKEN_LIFETIME)})"
     )
 API_KEY_LAST_USED_WRITE_INTERVAL = 60.0
+# The admin's session (a cookie) lives as long as an API session, not Django's 14 days.
+SESSION_COOKIE_AGE = int(SESSION_DURATION)
 
 INSTALLED_APPS = [
     # Before daphne: its runserver (Daphne's, plus in-process provisioner daemons) must win.
@@ -164,6 +169,9 @@ PG_CONNECTION_URL = env_str("CODER_PG_CONNECTION_URL", "")
 if PG_CONNECTION_URL:
     DATABASES = {"default": parse_postgres_url(PG_CONNECTION_URL)}
 else:
+    # Created empty (a valid SQLite database) and private before SQLite makes it with the umask's
+    # mode; its -wal and -shm files take the database's mode.
+    ensure_private_file(DATA_DIR / "coderd.sqlite3")
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",

@@ -10,8 +10,9 @@ message: `await self.close(code=4401, reason="...")` in a consumer (`REFUSED_UNA
 friends below). A close without such a code is a 403.
 
 Also here: `not_found`, the app for a path no route matches (Channels' URLRouter would raise
-"No route found", logged as a traceback and counted as a 500), and `OriginCheck`, Channels'
-AllowedHostsOriginValidator refusing with 403 and a reason instead of a bare close.
+"No route found", logged as a traceback and counted as a 500), and `OriginCheck`, which compares
+the page's scheme, host and port (Channels' AllowedHostsOriginValidator compares host names only)
+and refuses with 403 and a reason instead of a bare close.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import contextvars
 import json
 import logging
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
-from channels.security.websocket import OriginValidator
 from django.conf import settings
+from django.http.request import split_domain_port, validate_host
 
 from coderd.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from coderd.outages import RETRY_AFTER_SECONDS
@@ -120,18 +121,59 @@ async def not_found(scope, receive, send) -> None:
     await send({"type": "websocket.close", "code": REFUSED_NOT_FOUND})
 
 
-class OriginCheck(OriginValidator):
-    """Channels' OriginValidator, refusing with 403 and a reason (its WebsocketDenier closes bare)."""
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(scheme: str, host: str | None, port: int | None) -> tuple[str, str, int] | None:
+    if scheme not in _DEFAULT_PORTS or not host:
+        return None
+    return scheme, host.lower().rstrip("."), port or _DEFAULT_PORTS[scheme]
+
+
+def parse_origin(value: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an Origin or URL, the port filled in from the scheme; None if not
+    an http(s) origin."""
+    try:
+        parts = urlsplit(value.strip())
+        return _origin(parts.scheme.lower(), parts.hostname, parts.port)
+    except ValueError:  # a port out of range, a bracket left open
+        return None
+
+
+class OriginCheck:
+    """Refuses a websocket whose page is not this site's, with 403 and a reason.
+
+    Allowed: the origin of CODER_ACCESS_URL (scheme, host and port), or the origin whose host and
+    port are those of the request's own Host header (same origin, as Coder's websocket library
+    checks it), that Host being one of ALLOWED_HOSTS. A Host without a port takes the default port
+    of the origin's scheme, and an https page may use a plain ws:// socket: behind a TLS proxy both
+    are what we see; on a socket we serve over TLS (wss) the page must be https. Channels' AllowedHostsOriginValidator compares host
+    names only: a page on any other port of an allowed host could open sockets with the user's
+    cookie."""
+
+    def __init__(self, application, allowed_hosts: list[str], access_url: str = "") -> None:
+        self.application = application
+        self.allowed_hosts = allowed_hosts
+        self.access_origin = parse_origin(access_url) if access_url else None
+
+    def allowed(self, scope: dict[str, Any]) -> bool:
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        raw = headers.get(b"origin")
+        if raw is None:
+            return False
+        origin = parse_origin(raw.decode("latin-1"))
+        if origin is None or (scope.get("scheme") == "wss" and origin[0] != "https"):
+            return False  # a page over plain HTTP has no business on a socket we serve over TLS
+        if origin == self.access_origin:
+            return True
+        host_header = headers.get(b"host", b"").decode("latin-1").strip()
+        if not host_header or not validate_host(split_domain_port(host_header)[0], self.allowed_hosts):
+            return False
+        own = parse_origin(f"{origin[0]}://{host_header}")
+        return own is not None and own[1:] == origin[1:]
 
     async def __call__(self, scope, receive, send):
-        parsed_origin = None
-        for name, value in scope.get("headers", []):
-            if name == b"origin":
-                try:
-                    parsed_origin = urlparse(value.decode("latin1"))
-                except (UnicodeDecodeError, ValueError):
-                    pass
-        if self.valid_origin(parsed_origin):
+        if self.allowed(scope):
             return await self.application(scope, receive, send)
         message = await receive()
         if message["type"] == "websocket.connect":
@@ -141,11 +183,11 @@ class OriginCheck(OriginValidator):
 
 
 def allowed_hosts_origin_check(app) -> OriginCheck:
-    """Channels' AllowedHostsOriginValidator, as an OriginCheck."""
+    """The websocket origin check with this server's ALLOWED_HOSTS and CODER_ACCESS_URL."""
     allowed_hosts = settings.ALLOWED_HOSTS
     if settings.DEBUG and not allowed_hosts:
         allowed_hosts = ["localhost", "127.0.0.1", "[::1]"]
-    return OriginCheck(app, allowed_hosts)
+    return OriginCheck(app, allowed_hosts, getattr(settings, "ACCESS_URL", ""))
 
 
 UVICORN_INCOMPLETE_HANDSHAKE = "ASGI callable returned without completing handshake."

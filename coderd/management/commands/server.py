@@ -211,6 +211,7 @@ class Command(OneLineCommand, BaseCommand):
             value = options.get(flag.name[2:].replace("-", "_"))
             if value is not None:
                 setattr(settings, flag.setting, value)
+        settings.SESSION_COOKIE_AGE = int(settings.SESSION_DURATION)  # the admin's session too
         if settings.SESSION_DURATION > settings.MAX_TOKEN_LIFETIME:
             # settings.py refuses this for the variables; a flag may have made it so. Login would
             # ask for a key longer than any key may live, and fail every time.
