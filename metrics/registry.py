@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+from metrics.querystats import QueryStats
+
 # Go's client emits no `_created` series; the seed scrape has none, and they would add a gauge
 # family per counter and histogram.
 disable_created_metrics()
@@ -112,17 +114,13 @@ class CoderMetrics:
     scrapes: Counter
     scrapes_in_flight: Gauge
     job_queue_wait: Histogram
-    db_query_latencies: Histogram
-    db_query_counts: Counter
+    query_stats: QueryStats  # coderd_db_query_latencies_seconds, coderd_db_query_counts_total
 
     # (code, method, path) -> the three children it updates. `labels()` takes a lock and builds a
     # key at each call; the set of keys is bounded by routes x methods x codes.
     _request_children: dict = field(default_factory=dict, repr=False)
     # Legacy off: (method, path) / path -> the concurrency gauge's child.
     _concurrent_children: dict = field(default_factory=dict, repr=False)
-    # query -> latency child; (route, method, query) -> count child. Bounded like their labels.
-    _query_latency_children: dict = field(default_factory=dict, repr=False)
-    _query_count_children: dict = field(default_factory=dict, repr=False)
 
     def request_gauge(self, method: str, path: str):
         """What an HTTP request in flight raises: the bare gauge (legacy names), else its child."""
@@ -144,15 +142,7 @@ class CoderMetrics:
 
     def observe_query(self, query: str, route: str, method: str, seconds: float) -> None:
         """One database query: its latency by name, its count by the HTTP route that made it."""
-        latency = self._query_latency_children.get(query)
-        if latency is None:
-            latency = self._query_latency_children[query] = self.db_query_latencies.labels(query)
-        latency.observe(seconds)
-        key = (route, method, query)
-        count = self._query_count_children.get(key)
-        if count is None:
-            count = self._query_count_children[key] = self.db_query_counts.labels(route, method, query)
-        count.inc()
+        self.query_stats.record(query, route, method, seconds)
 
     def observe_request(self, method: str, path: str, code: int, seconds: float) -> None:
         """One finished HTTP request (the middleware's whole bookkeeping after the handler)."""
@@ -179,8 +169,37 @@ class CoderMetrics:
                 self.websocket_durations_ms.labels(path).observe(seconds * 1000.0)
 
 
-def build_metrics(registry: CollectorRegistry, *, legacy: bool = True) -> CoderMetrics:
-    """Create every live metric object of METRICS.md on `registry` and return them together."""
+def _query_stats(registry: CollectorRegistry, multiprocess: bool) -> QueryStats:
+    help_texts = {
+        name: HELP[name] for name in ("coderd_db_query_latencies_seconds", "coderd_db_query_counts_total")
+    }
+    if not multiprocess:
+        stats = QueryStats(DB_QUERY_S_BUCKETS, help_texts)
+        registry.register(stats)
+        return stats
+    # The workers' files carry them: prometheus_client's own objects, which the stats add to.
+    latencies = Histogram(
+        "coderd_db_query_latencies_seconds",
+        help_texts["coderd_db_query_latencies_seconds"],
+        ("query",),
+        buckets=DB_QUERY_S_BUCKETS,
+        registry=registry,
+    )
+    counts = Counter(
+        "coderd_db_query_counts_total",
+        help_texts["coderd_db_query_counts_total"],
+        ("route", "method", "query"),
+        registry=registry,
+    )
+    return QueryStats(DB_QUERY_S_BUCKETS, help_texts, latencies=latencies, counts=counts)
+
+
+def build_metrics(
+    registry: CollectorRegistry, *, legacy: bool = True, multiprocess: bool = False
+) -> CoderMetrics:
+    """Create every live metric object of METRICS.md on `registry` and return them together.
+
+    `multiprocess`: the objects write to prometheus_client's mmap files (PROMETHEUS_MULTIPROC_DIR)."""
 
     def histogram(name: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> Histogram:
         return Histogram(name, HELP[name], labels, buckets=buckets, registry=registry)
@@ -254,13 +273,7 @@ def build_metrics(registry: CollectorRegistry, *, legacy: bool = True) -> CoderM
             ("provisioner_type", "job_type", "transition", "build_reason"),
             QUEUE_WAIT_S_BUCKETS,
         ),
-        db_query_latencies=histogram("coderd_db_query_latencies_seconds", ("query",), DB_QUERY_S_BUCKETS),
-        db_query_counts=Counter(
-            "coderd_db_query_counts_total",
-            HELP["coderd_db_query_counts_total"],
-            ("route", "method", "query"),
-            registry=registry,
-        ),
+        query_stats=_query_stats(registry, multiprocess),
     )
     # As Go's promhttp: the three codes exist from the start, so rate() and alerts see 0, not nothing.
     for code in ("200", "500", "503"):

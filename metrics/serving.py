@@ -60,6 +60,8 @@ def expose(
     refresh (`DatabaseCollector.rendered`) and put first; the live families are rendered at each
     scrape and follow (family order carries no meaning; OpenMetrics' `# EOF` stays last)."""
     params = params or {}
+    # Multiprocess: this process's latest database query numbers go to its file before it is read.
+    state.metrics.query_stats.publish()
     accept = acceptable_formats(accept)
     want_gzip = gzip_acceptable(accept_encoding)
     if state.database is None:

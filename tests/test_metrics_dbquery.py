@@ -164,3 +164,58 @@ def _counts(state) -> dict[tuple[str, str, str], float]:
         for s in f.samples
         if s.name == COUNTS
     }
+
+
+MULTIPROCESS_SCRIPT = """
+import os, sys
+from prometheus_client import CollectorRegistry, Histogram
+from metrics.registry import DB_QUERY_S_BUCKETS, build_metrics
+
+m = build_metrics(CollectorRegistry(), multiprocess=True)
+reference = Histogram("reference", "h", ["query"], buckets=DB_QUERY_S_BUCKETS, registry=CollectorRegistry())
+for seconds in (0.001, 0.005, 0.0051, 0.2, 20.0):
+    m.observe_query("select users_user", "/api/v2/users/{user}", "GET", seconds)
+    reference.labels("select users_user").observe(seconds)
+# Recorded, not yet published, when the worker is forked: the parent's to publish, not the child's.
+m.observe_query("update users_user", "", "", 0.01)
+child = os.fork()
+if child == 0:
+    m.observe_query("update users_user", "", "", 0.02)
+    m.query_stats.publish()
+    os._exit(0)
+os.waitpid(child, 0)
+m.query_stats.publish()
+m.query_stats.publish()  # nothing new: adds nothing
+"""
+
+
+def test_it_adds_up_the_query_metrics_of_several_processes_as_prometheus_client_would(tmp_path):
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from tests.services import REPO
+
+    env = {"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", MULTIPROCESS_SCRIPT], env=env, cwd=REPO, check=True, timeout=60)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    families = {f.name: f for f in registry.collect()}
+    ours = {
+        (s.name.removeprefix(LATENCY), s.labels.get("le")): s.value
+        for s in families[LATENCY].samples
+        if s.labels["query"] == "select users_user"
+    }
+    reference = {
+        (s.name.removeprefix("reference"), s.labels.get("le")): s.value for s in families["reference"].samples
+    }
+    assert ours == reference
+    assert ours[("_bucket", "0.005")] == 2 and ours[("_count", None)] == 5
+    counts = {
+        (s.labels["route"], s.labels["method"], s.labels["query"]): s.value
+        for s in families["coderd_db_query_counts"].samples
+    }
+    assert counts[("/api/v2/users/{user}", "GET", "select users_user")] == 5
+    assert counts[("", "", "update users_user")] == 2  # the parent's one and the child's one, once each
