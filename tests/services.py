@@ -639,9 +639,11 @@ if __name__ == "__main__":  # a quick manual check: start everything, print URLs
 
 
 @contextlib.contextmanager
-def metrics_server(data_dir: Path, daemons: int, name: str) -> Iterator[tuple[ServerProcess, int, int]]:
+def metrics_server(
+    data_dir: Path, daemons: int, name: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[ServerProcess, int, int]]:
     """`manage.py server` with metrics on, on free loopback ports: (process, http port, metrics port),
-    stopped by PID at the end."""
+    stopped by PID at the end; `env` adds variables."""
     http_port, metrics_port = free_port(), free_port()
     process = ServerProcess(
         [sys.executable, "manage.py", "server"],
@@ -652,6 +654,7 @@ def metrics_server(data_dir: Path, daemons: int, name: str) -> Iterator[tuple[Se
             "CODER_PROMETHEUS_ADDRESS": f"127.0.0.1:{metrics_port}",
             "CODER_PROVISIONER_DAEMONS": str(daemons),
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         },
         name=name,
     )

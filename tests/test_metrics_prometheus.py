@@ -6,6 +6,8 @@ import pytest
 
 from tests.services import (
     Prometheus,
+    ServerProcess,
+    free_port,
     http_get,
     metrics_server,
     parse_samples,
@@ -52,3 +54,56 @@ def test_it_is_scraped_and_queried_by_a_real_prometheus(server, prometheus_bin):
         assert [float(r["value"][1]) for r in users] == [0.0]
     finally:
         prom.stop()
+
+
+def test_it_counts_each_daemon_once_in_a_sum_over_coderd_and_an_external_daemon(tmp_path, prometheus_bin):
+    """coderd exports its in-process daemons only; the external one exports itself: Coder's dashboards
+    `sum(coderd_provisionerd_num_daemons)` over every pod, which must not count it twice."""
+    import sys
+
+    psk = "sum-of-daemons-psk"
+    data = tmp_path / "coderd"
+    with metrics_server(data, daemons=1, name="coderd", env={"CODER_PROVISIONER_DAEMON_PSK": psk}) as started:
+        _, http_port, coderd_metrics = started
+        external_metrics = free_port()
+        (tmp_path / "external").mkdir()
+        argv = [
+            sys.executable,
+            "manage.py",
+            "provisionerd",
+            "start",
+            "--url",
+            f"http://127.0.0.1:{http_port}",
+        ]
+        argv += ["--psk", psk, "--name", "outside", "--prometheus-address", f"127.0.0.1:{external_metrics}"]
+        external = ServerProcess(argv, env={"CODER_DATA_DIR": str(tmp_path / "external")}, name="outside")
+        prom = None
+        try:
+            external.wait_http(f"http://127.0.0.1:{external_metrics}/", timeout=60)
+            wait_for(lambda: "connected to" in external.log(), 30, "the external daemon to connect")
+
+            def daemons(port: int) -> float:
+                return total(parse_samples(http_get(f"http://127.0.0.1:{port}/")[2].decode()),
+                             "coderd_provisionerd_num_daemons")  # fmt: skip
+
+            assert daemons(coderd_metrics) == 1
+            assert daemons(external_metrics) == 1
+            prom = Prometheus(
+                prometheus_bin, [f"127.0.0.1:{coderd_metrics}", f"127.0.0.1:{external_metrics}"]
+            )
+            summed = wait_for(
+                lambda: (
+                    (r := prom.query("sum(coderd_provisionerd_num_daemons)"))
+                    and prom.query("count(up == 1)")
+                    and float(prom.query("count(up == 1)")[0]["value"][1]) == 2
+                    and r
+                ),
+                30,
+                "Prometheus to scrape both",
+                interval=0.5,
+            )
+            assert float(summed[0]["value"][1]) == 2
+        finally:
+            if prom is not None:
+                prom.stop()
+            external.stop()
