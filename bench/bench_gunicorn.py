@@ -19,6 +19,9 @@ path (`metrics.multiprocess` + `metrics.serving.CachedEncoder`), interleaved, as
     .venv/bin/python bench/bench_gunicorn.py --scrape-only     # the scrape part alone (no wrk)
 
 Everything started is stopped by PID at the end. Not part of the test suite.
+
+Needs a venv made with requirements-dev.txt (it starts its servers with tests/services.py, which
+imports pytest), and `wrk`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ wall time: on a shared machine the CPU figure is the steadier one.
 
     .venv/bin/python bench/bench_requests.py [--rounds 15] [--requests 300]
 
-Not part of the test suite.
+Not part of the test suite. Needs a venv made with requirements.txt (django-prometheus is a runtime
+dependency).
 """
 
 from __future__ import annotations

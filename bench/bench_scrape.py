@@ -8,6 +8,9 @@ gauges fresh, through the real listener over loopback as Prometheus asks (OpenMe
     # an existing data folder or database: the usual CODER_DATA_DIR / CODER_PG_CONNECTION_URL
 
 Prints medians; figures go to docs/benchmarks.md. Not part of the test suite.
+
+Needs a venv made with requirements.txt; with --postgres, requirements-dev.txt (the server is
+started by tests/services.py, which imports pytest).
 """
 
 from __future__ import annotations

@@ -121,3 +121,21 @@ def test_it_refuses_a_wrong_secret_or_an_unknown_key(owner: Any) -> None:
     assert api_key_for_token(f"{key_id}-{secret}x", timezone.now()) is None
     assert api_key_for_token(f"{'z' * len(key_id)}-{secret}", timezone.now()) is None
     assert api_key_for_token(token, timezone.now()) is not None
+
+
+def test_it_encodes_uuids_and_datetimes_as_ninjas_encoder_does() -> None:
+    import datetime as dt
+    import uuid
+
+    from coderd.fastjson import Encoder
+
+    values = [
+        uuid.uuid4(),
+        dt.datetime(2026, 12, 1, 14, 5, 6, 789123, tzinfo=dt.UTC),
+        dt.datetime(2026, 12, 1, 14, 5, 6, tzinfo=dt.UTC),
+        dt.datetime(2026, 12, 1, 14, 5, 6, 1000, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+        dt.datetime(2026, 12, 1, 14, 5, 6),
+        dt.date(2026, 12, 1),
+        {"nested": [uuid.UUID(int=0), None, 1.5, "x"]},
+    ]
+    assert json.dumps(values, cls=Encoder) == json.dumps(values, cls=NinjaJSONEncoder)

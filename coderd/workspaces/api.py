@@ -25,7 +25,7 @@ from coderd.users.schemas import ErrorOut, Message
 from coderd.users.services import MAX_REF_LENGTH, shown, user_by_ref
 from coderd.workspaces import services
 from coderd.workspaces.models import Template, TemplateVersion, Workspace, WorkspaceBuild
-from coderd.workspaces.responses import queue_positions, with_active_user_count
+from coderd.workspaces.responses import WORKSPACE_LIST_ONLY, queue_positions, with_active_user_count
 from coderd.workspaces.schemas import (
     BUILD_RELATED,
     TEMPLATE_RELATED,
@@ -403,7 +403,7 @@ def _filter_workspaces(user: User, q: str) -> QuerySet:
 )
 def list_workspaces(request: HttpRequest, filters: Query[WorkspaceFilter], page: Query[Page]) -> Any:
     workspaces = _filter_workspaces(actor(request), filters.q)
-    rows = list(page.apply(workspaces))
+    rows = list(page.apply(workspaces.only(*WORKSPACE_LIST_ONLY)))
     now = timezone.now()
     # Three queries however many: the page (its builds, jobs, templates... joined), the count, and
     # the queue positions of its pending jobs, if any.

@@ -548,6 +548,37 @@ WORKSPACE_RELATED = (
     "latest_build__template_version",
     "latest_build__initiator",
 )
+# The columns workspace_json reads, for lists (`.select_related(*WORKSPACE_RELATED).only(...)`): the
+# joined users, jobs and templates have many more, each converted for every row (a list of 50 read
+# ~450 instances' worth). A column missing here is loaded row by row: the list's query-count test
+# (tests/test_api_lean_reads.py) fails then.
+WORKSPACE_LIST_ONLY = (
+    *(
+        "id",
+        "created_at",
+        "updated_at",
+        "owner",
+        "organization",
+        "template",
+        "name",
+        "deleted",
+        "latest_build",
+    ),
+    *("owner__id", "owner__username", "organization__id", "organization__name"),
+    *("template__id", "template__name", "template__display_name", "template__active_version_id"),
+    *(f"latest_build__{f}" for f in ("id", "created_at", "updated_at", "build_number", "transition")),
+    *(f"latest_build__{f}" for f in ("template_version", "initiator", "job")),
+    *("latest_build__template_version__id", "latest_build__template_version__name"),
+    *("latest_build__initiator__id", "latest_build__initiator__username"),
+    *(
+        f"latest_build__job__{f}"
+        for f in (
+            *("id", "created_at", "updated_at", "started_at", "completed_at", "canceled_at", "error"),
+            *("worker", "organization", "initiator", "input", "type"),
+        )
+    ),
+    *("latest_build__job__worker__id", "latest_build__job__worker__name"),
+)
 BUILD_RELATED = (
     "job__worker",
     "template_version",
@@ -561,6 +592,7 @@ __all__ = [
     "BUILD_RELATED",
     "TEMPLATE_RELATED",
     "VERSION_RELATED",
+    "WORKSPACE_LIST_ONLY",
     "WORKSPACE_RELATED",
     "BuildOut",
     "JobOut",

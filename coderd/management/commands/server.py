@@ -282,7 +282,18 @@ class Command(OneLineCommand, BaseCommand):
         stop.server = server
         if stop.requested:  # a signal came while uvicorn was being imported: serve nothing
             server.stop()
-        asyncio.run(server.server.serve(sockets=[sock]))
+        # uvloop, as uvicorn's own runner and gunicorn's UvicornWorker choose when it is installed
+        # (uvicorn[standard]): its loop, callbacks from threads included, is the cheaper one.
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(server.server.serve(sockets=[sock]))
+
+
+def _loop_factory() -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 class _StopFlag(StopSignals):
