@@ -108,7 +108,9 @@ def test_it_counts_what_the_api_says(
         }
     )
     assert data["jobs"]["pending"] == ProvisionerJob.objects.pending().count() == 2  # a build, an import
-    assert data["jobs"]["oldest_wait_seconds"] >= 0
+    oldest = ProvisionerJob.objects.pending().order_by("created_at").first().created_at
+    assert data["jobs"]["oldest_pending_at"] == oldest.isoformat()
+    assert 0 <= data["jobs"]["oldest_wait_seconds"] < 60
     assert data["failed_builds"]["count"] == 1
     [failure] = data["failed_builds"]["newest"]
     assert failure["workspace"] == "broken" and failure["owner"] == "member"
