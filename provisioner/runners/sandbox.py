@@ -40,6 +40,9 @@ class SandboxUnavailable(Exception):
 
 
 def _base_flags() -> list[str]:
+    # No --new-session: the runner already starts bwrap in a new session (no controlling terminal,
+    # so no TIOCSTI into one), and the script must stay in that process group for a cancel's
+    # SIGTERM to reach it and the final SIGKILL to reach everything it started.
     flags = [
         "--ro-bind", "/", "/",
         "--dev", "/dev",
