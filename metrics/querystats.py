@@ -12,6 +12,9 @@ updates two dicts: the bucket found by `bisect`, the sum, and the count by route
 - Several processes (gunicorn): prometheus_client merges only what is in the workers' mmap files,
   so each process adds what it recorded since last time into its mmap-backed `Histogram` and
   `Counter` (`publish()`): from a thread once a second, at exit, and before a scrape it serves.
+  Not from a thread in gunicorn's master (it forks workers at any time: a fork while that thread
+  held prometheus_client's lock would leave the worker's copy locked for good); the master's own
+  queries are the refresh's, made by its scrapes, which publish first.
   prometheus_client has no call that adds several observations at once, so `publish()` adds them to
   the histogram child's per-bucket and sum values, the very objects `observe()` increments.
 """
@@ -42,6 +45,7 @@ class QueryStats:
         latencies=None,
         counts=None,
         publish_interval: float = PUBLISH_INTERVAL,
+        publish_in_thread: bool = True,
     ) -> None:
         self.bounds = tuple(bounds)
         self._les = [floatToGoString(b) for b in (*self.bounds, inf)]
@@ -54,6 +58,7 @@ class QueryStats:
         # Multiprocess: the mmap-backed metrics the numbers above are added to (then emptied).
         self._sink = (latencies, counts) if latencies is not None else None
         self._interval = publish_interval
+        self._threaded = publish_in_thread
         self._thread: threading.Thread | None = None
         if self._sink is not None:
             ref = weakref.ref(self)
@@ -70,7 +75,7 @@ class QueryStats:
             row[index] += 1
             row[-1] += seconds
             self._counts[key] = self._counts.get(key, 0) + 1
-        if self._thread is None and self._sink is not None:
+        if self._thread is None and self._threaded and self._sink is not None:
             self._start_publisher()
 
     # --- one process ---------------------------------------------------------------------------
@@ -140,3 +145,4 @@ class QueryStats:
         self._lock = threading.Lock()
         self._latency, self._counts = {}, {}
         self._thread = None
+        self._threaded = True  # a forked child is a worker, never the master

@@ -169,7 +169,7 @@ class CoderMetrics:
                 self.websocket_durations_ms.labels(path).observe(seconds * 1000.0)
 
 
-def _query_stats(registry: CollectorRegistry, multiprocess: bool) -> QueryStats:
+def _query_stats(registry: CollectorRegistry, multiprocess: bool, publish_in_thread: bool) -> QueryStats:
     help_texts = {
         name: HELP[name] for name in ("coderd_db_query_latencies_seconds", "coderd_db_query_counts_total")
     }
@@ -191,15 +191,27 @@ def _query_stats(registry: CollectorRegistry, multiprocess: bool) -> QueryStats:
         ("route", "method", "query"),
         registry=registry,
     )
-    return QueryStats(DB_QUERY_S_BUCKETS, help_texts, latencies=latencies, counts=counts)
+    return QueryStats(
+        DB_QUERY_S_BUCKETS,
+        help_texts,
+        latencies=latencies,
+        counts=counts,
+        publish_in_thread=publish_in_thread,
+    )
 
 
 def build_metrics(
-    registry: CollectorRegistry, *, legacy: bool = True, multiprocess: bool = False
+    registry: CollectorRegistry,
+    *,
+    legacy: bool = True,
+    multiprocess: bool = False,
+    forking_parent: bool = False,
 ) -> CoderMetrics:
     """Create every live metric object of METRICS.md on `registry` and return them together.
 
-    `multiprocess`: the objects write to prometheus_client's mmap files (PROMETHEUS_MULTIPROC_DIR)."""
+    `multiprocess`: the objects write to prometheus_client's mmap files (PROMETHEUS_MULTIPROC_DIR);
+    `forking_parent`: this process forks the others (gunicorn's master), so it runs no thread that
+    writes them (see metrics/querystats.py)."""
 
     def histogram(name: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> Histogram:
         return Histogram(name, HELP[name], labels, buckets=buckets, registry=registry)
@@ -273,7 +285,7 @@ def build_metrics(
             ("provisioner_type", "job_type", "transition", "build_reason"),
             QUEUE_WAIT_S_BUCKETS,
         ),
-        query_stats=_query_stats(registry, multiprocess),
+        query_stats=_query_stats(registry, multiprocess, publish_in_thread=not forking_parent),
     )
     # As Go's promhttp: the three codes exist from the start, so rate() and alerts see 0, not nothing.
     for code in ("200", "500", "503"):

@@ -86,7 +86,9 @@ def build_state(
         from metrics.multiprocess import CachingMultiProcessCollector
 
         # The live objects go to this process's mmap files; the served registry reads every file.
-        metrics = build_metrics(CollectorRegistry(), legacy=legacy, multiprocess=True)
+        metrics = build_metrics(
+            CollectorRegistry(), legacy=legacy, multiprocess=True, forking_parent=root_pid == os.getpid()
+        )
         # Registered first, so that a scrape publishes the scraping process's own GC counts before
         # the files are read; a worker that builds its state itself inherited its parent's counts.
         gc_collector = MultiprocessGCCollector(inherited=root_pid is not None and root_pid != os.getpid())

@@ -167,23 +167,29 @@ def _counts(state) -> dict[tuple[str, str, str], float]:
 
 
 MULTIPROCESS_SCRIPT = """
-import os, sys
+import os, sys, threading
 from prometheus_client import CollectorRegistry, Histogram
 from metrics.registry import DB_QUERY_S_BUCKETS, build_metrics
 
-m = build_metrics(CollectorRegistry(), multiprocess=True)
+def publisher():
+    return any(t.name == "coderd-db-metrics" for t in threading.enumerate())
+
+# As gunicorn's master: it forks the workers, so no thread of its own writes the files.
+m = build_metrics(CollectorRegistry(), multiprocess=True, forking_parent=True)
 reference = Histogram("reference", "h", ["query"], buckets=DB_QUERY_S_BUCKETS, registry=CollectorRegistry())
 for seconds in (0.001, 0.005, 0.0051, 0.2, 20.0):
     m.observe_query("select users_user", "/api/v2/users/{user}", "GET", seconds)
     reference.labels("select users_user").observe(seconds)
 # Recorded, not yet published, when the worker is forked: the parent's to publish, not the child's.
 m.observe_query("update users_user", "", "", 0.01)
+assert not publisher()
 child = os.fork()
 if child == 0:
     m.observe_query("update users_user", "", "", 0.02)
     m.query_stats.publish()
-    os._exit(0)
-os.waitpid(child, 0)
+    os._exit(0 if publisher() else 3)  # a worker publishes from its thread
+_, status = os.waitpid(child, 0)
+assert status == 0, status
 m.query_stats.publish()
 m.query_stats.publish()  # nothing new: adds nothing
 """
