@@ -89,7 +89,7 @@ def test_it_counts_static_files_as_static_with_legacy_off_only(db):
 
 
 @pytest.mark.asyncio
-async def test_it_labels_open_websockets_with_their_route(db):  # db: see test_metrics_websockets
+async def test_it_labels_open_websockets_with_their_route():
     with metrics_installed(with_database=False, legacy=False) as state:
         communicator = WebsocketCommunicator(app(), f"/api/v2/workspaces/{WS_ID}/watch-ws")
         assert (await communicator.connect())[0]

@@ -42,9 +42,7 @@ WS_ID = "4f9a9c4e-8f3a-4d0e-9f59-3c1c8d6a2b11"
 
 
 @pytest.fixture
-def state(db):
-    # `db`: Channels' consumers close old connections when they start, and a database connection
-    # an earlier test left in the thread-sensitive thread (kept by CONN_MAX_AGE) is touched then.
+def state():
     with metrics_installed(with_database=False) as fresh:
         yield fresh
 
