@@ -6,6 +6,7 @@ gauges fresh, through the real listener over loopback as Prometheus asks (OpenMe
     # PostgreSQL (starts its own server on a free loopback port; stopped by PID at the end)
     .venv/bin/python bench/bench_scrape.py --seed --postgres
     # an existing data folder or database: the usual CODER_DATA_DIR / CODER_PG_CONNECTION_URL
+    # --parts: also each query of a refresh alone (where its time goes)
 
 Prints medians; figures go to docs/benchmarks.md. Not part of the test suite.
 
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="on a PostgreSQL server of its own")
     parser.add_argument("--refreshes", type=int, default=7)
     parser.add_argument("--scrapes", type=int, default=50)
+    parser.add_argument("--parts", action="store_true", help="also time each query of a refresh alone")
     args = parser.parse_args()
 
     pg = None
@@ -95,6 +97,8 @@ def run(args: argparse.Namespace) -> None:
         db.refresh()
         refreshes.append(time.perf_counter() - t)
     counts = db.counts()
+    if args.parts:
+        time_parts(args.refreshes)
 
     listener = start_listener("127.0.0.1", 0, state)
     host, port = listener.address
@@ -138,6 +142,48 @@ def run(args: argparse.Namespace) -> None:
     for name, (ms, size) in results.items():
         print(f"scrape, gauges fresh, {name}: median {ms:.1f} ms, {size / 1024:.0f} KiB over {args.scrapes}")
     subprocess.run(["date", "-u"], check=False)
+
+
+def time_parts(n: int) -> None:
+    """Each query of a refresh alone, medians of `n`: where a refresh's time goes."""
+    from datetime import UTC, datetime
+
+    from django.db import connection
+    from django.db.models import Count
+
+    from coderd.users.models import APIKey, User
+    from metrics import database
+
+    now = datetime.now(UTC)
+    sql, params = database.latest_build_sql(now)
+
+    def fetch(query: str) -> list:
+        with connection.cursor() as cursor:
+            cursor.execute(query, params)
+            return cursor.fetchall()
+
+    parts = {
+        "active users": lambda: APIKey.objects.filter(
+            last_used__gte=now - database.ACTIVE_USER_WINDOW
+        ).aggregate(n=Count("user_id", distinct=True)),
+        "users by status": lambda: list(
+            User.objects.filter(deleted=False).values("status").annotate(n=Count("id")).order_by()
+        ),
+        "workspaces created, by template": database._created_rows,
+        "latest builds: the grouping alone (COUNT over it)": lambda: fetch(
+            f"SELECT COUNT(*) FROM ({sql}) AS g"
+        ),
+        "latest builds: its rows fetched": lambda: fetch(sql),
+        "latest builds: fetched and summed (_latest_build_rows)": lambda: database._latest_build_rows(now),
+    }
+    for name, run in parts.items():
+        run()
+        timings = []
+        for _ in range(n):
+            t = time.perf_counter()
+            run()
+            timings.append(time.perf_counter() - t)
+        print(f"part: {name}: median {median_ms(timings):.0f} ms")
 
 
 if __name__ == "__main__":
