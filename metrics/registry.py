@@ -53,14 +53,19 @@ HELP = {
     "coderd_api_websocket_durations_ms": "Websocket duration distribution of requests in milliseconds",
     "coderd_api_websocket_durations_seconds": "Websocket duration distribution of requests in seconds.",
     "coderd_api_workspace_latest_build_total": "The latest workspace builds with a status.",
-    "coderd_api_workspace_latest_build": "The latest workspace builds with a status.",
+    # Today's Coder's texts (coderd/prometheusmetrics/prometheusmetrics.go); the _total twin keeps 2022's.
+    "coderd_api_workspace_latest_build": (
+        "The current number of workspace builds by status for all non-deleted workspaces."
+    ),
     "coderd_api_total_user_count": "The total number of registered users, partitioned by status.",
     "coderd_provisionerd_jobs_current": "The number of currently running provisioner jobs.",
     "coderd_provisionerd_job_timings_ms": "The provisioner job time duration.",
     "coderd_provisionerd_job_timings_seconds": "The provisioner job time duration in seconds.",
     "coderd_provisionerd_num_daemons": "The number of provisioner daemons.",
     "coderd_workspace_builds_total": "The number of workspaces started, updated, or deleted.",
-    "coderd_workspace_latest_build_status": "The current workspace statuses by template, transition, and owner.",
+    "coderd_workspace_latest_build_status": (
+        "The current workspace statuses by template, transition, and owner for all non-deleted workspaces."
+    ),
     "coderd_provisionerd_workspace_build_timings_seconds": "The time taken for a workspace to build.",
     "coderd_provisioner_job_queue_wait_seconds": "Time from job creation to acquisition by a provisioner daemon.",
     "coderd_workspace_creation_total": (

@@ -114,7 +114,7 @@ CURRENT = {
     ),
     "coderd_api_workspace_latest_build": (
         "gauge",
-        "The latest workspace builds with a status.",
+        "The current number of workspace builds by status for all non-deleted workspaces.",
         ("status",),
         None,
     ),
@@ -140,7 +140,7 @@ CURRENT = {
     ),
     "coderd_workspace_latest_build_status": (
         "gauge",
-        "The current workspace statuses by template, transition, and owner.",
+        "The current workspace statuses by template, transition, and owner for all non-deleted workspaces.",
         ("status", "template_name", "template_version", "workspace_owner", "workspace_transition"),
         None,
     ),
