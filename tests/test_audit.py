@@ -314,7 +314,7 @@ def test_it_lets_owners_and_auditors_read_the_trail_and_no_one_else(
 def test_it_answers_in_coders_shape_newest_first(owner: Any, member: Any, auditor: Any, api_as: Any) -> None:
     client_for(owner).put("users/member/status/suspend")
     body = api_as(auditor).get("audit", headers={}).json()
-    assert set(body) == {"audit_logs", "count"}
+    assert set(body) == {"audit_logs", "count", "count_cap"}
     newest = body["audit_logs"][0]
     assert set(newest) >= {
         "id", "request_id", "time", "ip", "user_agent", "resource_type", "resource_id", "resource_target",
@@ -399,3 +399,17 @@ def test_it_logs_one_line_per_row(owner: Any, member: Any, caplog: pytest.LogCap
         api.put("users/member/status/suspend")
     lines = [r.getMessage() for r in caplog.records if r.name == "coderd.audit.services"]
     assert lines == [f"audit: owner write user 'member' status=200 ip={IP}"]
+
+
+def test_it_caps_the_count_as_coder(owner: Any, auditor: Any, api_as: Any) -> None:
+    import uuid
+
+    from coderd.audit.api import COUNT_CAP
+
+    AuditLog.objects.bulk_create(
+        AuditLog(resource_type="user", resource_id=uuid.uuid4(), action="write", status_code=200)
+        for _ in range(COUNT_CAP + 5)
+    )
+    body = api_as(auditor).get("audit?q=action:write&limit=3").json()
+    assert (body["count"], body["count_cap"], len(body["audit_logs"])) == (COUNT_CAP + 1, COUNT_CAP, 3)
+    assert api_as(auditor).get("audit?q=action:login").json()["count"] == 0

@@ -59,7 +59,8 @@ class AuditLog(models.Model):
         indexes = [
             models.Index(fields=["-time", "-id"], name="audit_time_idx"),
             models.Index(fields=["user", "-time"], name="audit_user_time_idx"),
-            models.Index(fields=["resource_type", "resource_id"], name="audit_resource_idx"),
+            # One object's history (q=resource_id:, the admin's search by id).
+            models.Index(fields=["resource_id", "-time"], name="audit_resource_time_idx"),
         ]
 
     def __str__(self) -> str:
