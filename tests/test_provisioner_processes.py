@@ -79,7 +79,8 @@ def test_it_reaps_the_job_of_a_daemon_process_killed_mid_job(sqlite_store: Store
     [job_id] = sqlite_store.run("seed", "1", "60000")
     daemon = sqlite_store.daemon("doomed")
     try:
-        wait_for(lambda: f"running echo job {job_id}" in daemon.log(), 60, "the job to run")
+        # "running start of workspace owner/ws-0 (build #1, template echo echo-v1, job <id>)"
+        wait_for(lambda: f"job {job_id})" in daemon.log(), 60, "the job to run")
     finally:
         stop_pid(daemon.pid, sig=signal.SIGKILL)
     daemon.popen.wait(timeout=10)  # psutil has reaped it already: this only tidies the Popen
