@@ -29,6 +29,7 @@ from pathlib import Path
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from coderd import outages
 from metrics.registry import HELP
 
 JOB_STATUSES = ("pending", "running", "succeeded", "canceling", "canceled", "failed")
@@ -346,9 +347,11 @@ class DatabaseCollector(Collector):
                 return counts
             try:
                 return self.refresh(now)
-            except Exception:
-                # A scrape still answers while the database is away: the last counts, or zeros.
-                logger.exception("refreshing the database gauges failed")
+            except Exception as exc:
+                # A scrape still answers while the database is away: the last counts, or zeros;
+                # the outage itself is one line (coderd.outages), not a traceback per scrape.
+                if not outages.note_database_error(exc):
+                    logger.exception("refreshing the database gauges failed")
                 return counts or DatabaseCounts(latest_build={}, users={})
             finally:
                 _close_thread_connection()

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
+from coderd import outages
 from provisioner import queue, reaper
 from provisioner.execution import HEARTBEAT_INTERVAL, JobContext, Outcome, execute_job, log_outcome
 from provisioner.observer import JobObserver, NullObserver
@@ -153,8 +154,9 @@ class Daemon:
                 close_old_connections()
                 try:
                     ran = self.run_once(self.clock())
-                except Exception:
-                    log.exception("daemon %s: error; retrying in %.0f s", self.name, ERROR_BACKOFF)
+                except Exception as exc:
+                    if not outages.note_database_error(exc):  # an outage is logged once, not per loop
+                        log.exception("daemon %s: error; retrying in %.0f s", self.name, ERROR_BACKOFF)
                     self._wake.wait(ERROR_BACKOFF)
                     continue
                 if not ran:
@@ -205,8 +207,9 @@ class ReaperLoop:
                 close_old_connections()
                 try:
                     reaper.run_once(timezone.now(), observer=self.observer)
-                except Exception:
-                    log.exception("reaper: error")
+                except Exception as exc:
+                    if not outages.note_database_error(exc):
+                        log.exception("reaper: error")
         finally:
             connection.close()
 

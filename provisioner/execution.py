@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from coderd import outages
 from provisioner.observer import JobObserver, NullObserver
 from provisioner.runners import JobSpec, Provisioner, RunResult, stage_for
 
@@ -175,8 +176,9 @@ class JobContext:
             self.sink.append_logs(lines)
         except SinkLost:
             self.stop_reason = STOP_LOST
-        except Exception:  # a busy database: keep the lines, in order, for the next flush
-            log.warning("job %s: could not store logs; will retry", self.spec.job_id, exc_info=True)
+        except Exception as exc:  # a busy database: keep the lines, in order, for the next flush
+            if not outages.note_database_error(exc):
+                log.warning("job %s: could not store logs; will retry", self.spec.job_id, exc_info=True)
             self._buffer[:0] = lines
 
     def should_stop(self) -> bool:
@@ -196,8 +198,9 @@ class JobContext:
             except SinkLost:
                 self.stop_reason = STOP_LOST
                 return True
-            except Exception:  # a busy database: try again at the next check
-                log.warning("job %s: heartbeat failed", self.spec.job_id, exc_info=True)
+            except Exception as exc:  # a busy database: try again at the next check
+                if not outages.note_database_error(exc):
+                    log.warning("job %s: heartbeat failed", self.spec.job_id, exc_info=True)
                 return False
             if beat:
                 self._last_beat = now
@@ -261,10 +264,11 @@ def _finish(spec: JobSpec, sink: JobSink, ctx: JobContext, error: str) -> str | 
         except SinkLost:
             ctx.stop_reason = STOP_LOST
             return None
-        except Exception:
+        except Exception as exc:
             if attempt == FINISH_ATTEMPTS - 1:
                 raise
-            log.warning("job %s: could not record the outcome; retrying", spec.job_id, exc_info=True)
+            if not outages.note_database_error(exc):
+                log.warning("job %s: could not record the outcome; retrying", spec.job_id, exc_info=True)
             ctx.closing.wait(delay)
             delay = min(delay * 2, 2.0)
     return None

@@ -242,8 +242,27 @@ class Postgres:
                 cwd="/",
             )
             if started.returncode == 0:
-                return cls(f"postgres://postgres@127.0.0.1:{port}/postgres", owned_dir=root)
+                server = cls(f"postgres://postgres@127.0.0.1:{port}/postgres", owned_dir=root)
+                server._pg_ctl = [*as_user, str(PG_BIN / "pg_ctl"), "-D", str(root / "data")]
+                server._options = options
+                return server
         raise RuntimeError(f"PostgreSQL did not start: {(root / 'log').read_text(errors='replace')[-2000:]}")
+
+    def stop_server(self) -> None:
+        """Stop our server (a fast shutdown, as an operator's restart does), keeping its data."""
+        subprocess.run(
+            [*self._pg_ctl, "-m", "fast", "-w", "-t", "30", "stop"], check=True, capture_output=True, cwd="/"
+        )
+
+    def start_server(self) -> None:
+        """Start our stopped server again, on the same port."""
+        log = str(self.owned_dir / "log")  # type: ignore[operator]
+        subprocess.run(
+            [*self._pg_ctl, "-l", log, "-w", "-t", "30", "-o", self._options, "start"],
+            check=True,
+            capture_output=True,
+            cwd="/",
+        )
 
     def url(self, database: str) -> str:
         parts = urllib.parse.urlsplit(self.admin_url)
@@ -318,6 +337,16 @@ class Redis:
                 continue
             return cls(url, process, root)
         raise RuntimeError("redis-server did not start")
+
+    def stop_server(self) -> None:
+        """Stop our redis-server (its data goes: it saves nothing), keeping its port for start_server."""
+        assert self.process is not None
+        self.process.stop()
+
+    def start_server(self) -> None:
+        assert self.process is not None
+        self.process = ServerProcess(self.process.argv, name="redis", cwd=self.owned_dir or REPO)
+        wait_for(lambda: self.process.check_alive() or self.ping(self.url), 10, "redis-server again")
 
     def stop(self) -> None:
         if self.process is not None:
