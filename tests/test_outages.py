@@ -261,7 +261,9 @@ def test_it_answers_503_through_a_postgresql_outage(tmp_path: Path, redis_url: s
                 }
 
         scrape = server.scrape()
-        assert total(scrape, "coderd_api_requests_processed_total", code="503", path="/api/v2/users/{user}") > 0
+        assert (
+            total(scrape, "coderd_api_requests_processed_total", code="503", path="/api/v2/users/{user}") > 0
+        )
         assert total(scrape, "coderd_api_requests_processed_total", code="503", path="/healthz") > 0
         assert total(scrape, "coderd_api_requests_processed_total", code="500") == 0
         log = server.process.log()
