@@ -76,30 +76,29 @@ class CoderAPI(NinjaAPI):
         return urls
 
 
-# NUL is refused by PostgreSQL text and jsonb; a lone surrogate (JSON "\\ud800") by every encoder.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# NUL is refused by PostgreSQL text and jsonb: a 400. A lone surrogate (JSON "\\ud800"), which no
+# encoder can write either, becomes U+FFFD, as Go's encoding/json (and so Coder's server) reads it.
+_NUL = "\x00"
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _check_storable(value: Any) -> None:
+def _storable(value: Any) -> Any:
     if isinstance(value, str):
-        if _UNSTORABLE.search(value):
-            raise ValueError("strings must not contain NUL characters or lone surrogates")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_storable(key)
-            _check_storable(item)
-    elif isinstance(value, list):
-        for item in value:
-            _check_storable(item)
+        if _NUL in value:
+            raise ValueError("strings must not contain NUL characters")
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    return value
 
 
 class StorableJSONParser(Parser):
-    """JSON bodies whose strings a database can store; anything else is a 400 like bad JSON."""
+    """JSON bodies whose strings a database can store; a NUL is a 400 like bad JSON."""
 
     def parse_body(self, request: HttpRequest) -> Any:
-        data = json.loads(request.body)
-        _check_storable(data)
-        return data
+        return _storable(json.loads(request.body))
 
 
 def _refusal(request: HttpRequest) -> HttpResponse | None:
@@ -169,7 +168,7 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
         return json_error(
             400,
             "Request body must be valid JSON.",
-            detail="It is not JSON, or one of its strings holds a NUL character or a lone surrogate.",
+            detail="It is not JSON, or one of its strings holds a NUL character.",
         )
     return json_error(exc.status_code, str(exc))
 

@@ -49,8 +49,15 @@ class DaemonOut(Schema):
     current_job: DaemonJobOut | None
 
 
+_STATUS_LIST = "^(?:{0})(?:,(?:{0}))*$".format("|".join(JobStatus.values))
+
+
 class JobFilter(Schema):
-    status: list[str] = Field([], description="Only jobs with these statuses (repeat or comma-separate).")
+    status: list[str] = Field(
+        [],
+        description="Only jobs with these statuses (repeat or comma-separate).",
+        json_schema_extra={"items": {"type": "string", "pattern": _STATUS_LIST}},
+    )
 
 
 class LogFilter(Schema):

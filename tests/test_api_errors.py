@@ -381,17 +381,21 @@ def test_it_never_answers_random_json_with_a_500(api, path, body):
             "organizations/default/templateversions",
             b'{"name": "\\ud800", "provisioner": "echo", "source": {}}',
         ),
-        (
-            "POST",
-            "organizations/default/templateversions",
-            b'{"provisioner": "echo", "source": {"start": {"logs": ["\\udfff"]}}}',
-        ),
         ("GET", "users/a%00b", None),
         ("GET", "workspaces?q=name:a%00", None),
     ],
 )
 def test_it_refuses_text_no_database_can_store_with_400(api, method, path, body):
     assert_error(api.request(method, path, body=body), 400)
+
+
+def test_it_reads_a_lone_surrogate_as_u_fffd_as_go_does(api):
+    body = b'{"provisioner": "echo", "source": {"start": {"logs": ["a\\udfffb"]}}, "\\ud800": 1}'
+    response = api.request("POST", "organizations/default/templateversions", body=body)
+    assert response.status_code == 201, response.content
+    from coderd.workspaces.models import TemplateVersion
+
+    assert TemplateVersion.objects.get(pk=response.json()["id"]).source["start"]["logs"] == ["a\ufffdb"]
 
 
 def test_it_answers_errors_outside_the_api_handlers_with_json_under_api_only(db, rf):

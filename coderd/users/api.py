@@ -9,6 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
+from coderd.decoding import query_pattern, quoted, search_terms
 from coderd.errors import BadRequest, Forbidden, NotFound
 from coderd.fastjson import json_response
 from coderd.pagination import Page
@@ -90,6 +91,9 @@ class UserFilter(Schema):
         max_length=256,
         description="Space-separated terms, as Coder's: `status:<active|dormant|suspended>`, "
         "`role:<role>`, and plain words, each a substring of the username or email.",
+        json_schema_extra=query_pattern(
+            "status:" + quoted(*UserStatus.values), "role:" + quoted(*Role.values), r'[^ \t\n\r\f\v:"]+'
+        ),
     )
     status: Literal["", "active", "dormant", "suspended"] = Field(
         "", description="Only users with this status."
@@ -106,7 +110,7 @@ _USER_QUERY_KEYS = {"status": set(UserStatus.values), "role": {*services.ASSIGNA
 
 
 def _search_users(users: QuerySet, q: str) -> QuerySet:
-    for term in q.split():
+    for term in search_terms(q):
         key, sep, value = term.partition(":")
         if not sep:
             users = users.filter(Q(username__icontains=term) | Q(email__icontains=term))

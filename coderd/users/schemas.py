@@ -56,15 +56,24 @@ class ErrorOut(Schema):
 # A password is hashed on every login: an unbounded one would make each attempt arbitrarily slow.
 MAX_PASSWORD_LENGTH = 1024
 EMAIL_MAX_LENGTH = 254  # the User model's
+EMAIL = {"format": "email"}
+# What settings.AUTH_PASSWORD_VALIDATORS asks of a password, for the OpenAPI document.
+PASSWORD = {
+    "minLength": next(
+        (v.get("OPTIONS", {}).get("min_length", 8) for v in settings.AUTH_PASSWORD_VALIDATORS
+         if v["NAME"].endswith("MinimumLengthValidator")),
+        1,
+    )
+}  # fmt: skip
 
 
 class CreateFirstUserRequest(Request):
     """Coder's CreateFirstUserRequest. `trial` and `trial_info` are read and, as by Coder's open-source
     server (no trial generator), not acted on."""
 
-    email: str = Field(max_length=EMAIL_MAX_LENGTH)
+    email: str = Field(max_length=EMAIL_MAX_LENGTH, json_schema_extra=EMAIL)
     username: str = name_field()
-    password: str = Field(max_length=MAX_PASSWORD_LENGTH)
+    password: str = Field(max_length=MAX_PASSWORD_LENGTH, json_schema_extra=PASSWORD)
     name: str = Field("", max_length=128)
     trial: bool = False
 
@@ -78,15 +87,22 @@ class CreateUserRequest(Request):
     """Coder's CreateUserRequestWithOrgs (and the 2022 `organization_id`). With no organization
     given, the user joins the default one; a zero id means the default one, as in Coder."""
 
-    email: str = Field(max_length=EMAIL_MAX_LENGTH)
+    email: str = Field(max_length=EMAIL_MAX_LENGTH, json_schema_extra=EMAIL)
     username: str = name_field()
-    password: str = Field("", max_length=MAX_PASSWORD_LENGTH)
+    password: str = Field(
+        "",
+        max_length=MAX_PASSWORD_LENGTH,
+        description="Required unless login_type is none.",
+        json_schema_extra=PASSWORD,
+    )
     name: str = Field("", max_length=128)
     login_type: Literal["", "password", "none", "github", "oidc"] = ""
     disable_login: bool = Field(False, description="Coder's deprecated spelling of login_type none.")
     user_status: Literal["active", "dormant", "suspended"] | None = None
     organization_ids: list[Uuid] = Field(
-        [], description="Organizations to join (ids; the zero id is the default one)."
+        [],
+        description="Organizations to join (ids; the zero id is the default one); left out, the default one.",
+        json_schema_extra={"minItems": 1},
     )
     organization_id: Uuid | None = Field(None, description="Coder 2022's single organization.")
     roles: list[RoleName] = Field([], description="Site roles (coderd's own field).")

@@ -15,6 +15,7 @@ from django.utils import timezone
 from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
+from coderd.decoding import query_pattern, quoted, search_terms
 from coderd.errors import BadRequest, Gone, NotFound, field_error
 from coderd.fastjson import json_response
 from coderd.pagination import Page
@@ -342,8 +343,13 @@ class WorkspaceFilter(Schema):
     q: str = Field(
         "",
         max_length=1024,
-        description="Space-separated key:value terms: owner:<username|me>, name:<substring>, "
-        "template:<name>, status:<workspace status, as a build's `status`>, deleted:true.",
+        description="Space-separated key:value terms (values may be double-quoted): owner:<username|me>, "
+        "name:<substring>, template:<name>, status:<workspace status, as a build's `status`>, deleted:true.",
+        json_schema_extra=query_pattern(
+            r'(?:owner|name|template):(?:"[^" \t\n\r\f\v]+"|[^" \t\n\r\f\v]+)',
+            "status:" + quoted(*WorkspaceStatus.values),
+            "deleted:" + quoted("true", "false"),
+        ),
     )
 
 
@@ -359,7 +365,7 @@ def _filter_workspaces(user: User, q: str) -> QuerySet:
     if not auth.can_read_all_workspaces(user):
         workspaces = workspaces.filter(owner=user)
     terms: dict[str, str] = {}
-    for term in q.split():
+    for term in search_terms(q):
         key, sep, value = term.partition(":")
         if not sep or key not in _WORKSPACE_QUERY_KEYS or not value:
             raise BadRequest(

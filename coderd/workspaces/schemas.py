@@ -7,7 +7,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, SkipValidation, model_validator
 
-from coderd.decoding import Request, Uuid, refuse_unless
+from coderd.decoding import (
+    EMPTY_LIST,
+    EMPTY_OBJECT,
+    EMPTY_STRING,
+    ONLY_NULL,
+    ZERO_OR_NULL_UUID,
+    Request,
+    Uuid,
+    refuse_unless,
+)
 from coderd.users.schemas import name_field
 from coderd.workspaces.responses import BUILD_RELATED as BUILD_RELATED
 from coderd.workspaces.responses import TEMPLATE_RELATED as TEMPLATE_RELATED
@@ -62,11 +71,21 @@ class CreateTemplateVersionRequest(Request):
         description="echo: {start: {duration_ms, logs, fail}, stop, delete}; "
         "shell: {start, stop, delete: scripts, timeout_seconds}."
     )
-    storage_method: Literal["file"] | None = Field(None, description="Refused: the source is inline.")
-    file_id: Uuid | None = Field(None, description="Refused: coderd takes no uploaded files.")
-    example_id: str = Field("", description="Refused: coderd has no examples.")
-    tags: dict[str, str] = Field({}, description="Refused unless empty: any daemon takes any job.")
-    user_variable_values: list[ParameterValue] = Field([], description="Refused unless empty.")
+    storage_method: Literal["file"] | None = Field(
+        None, description="Refused: the source is inline.", json_schema_extra=ONLY_NULL
+    )
+    file_id: Uuid | None = Field(
+        None, description="Refused: coderd takes no uploaded files.", json_schema_extra=ZERO_OR_NULL_UUID
+    )
+    example_id: str = Field(
+        "", description="Refused: coderd has no examples.", json_schema_extra=EMPTY_STRING
+    )
+    tags: dict[str, str] = Field(
+        {}, description="Refused unless empty: any daemon takes any job.", json_schema_extra=EMPTY_OBJECT
+    )
+    user_variable_values: list[ParameterValue] = Field(
+        [], description="Refused unless empty.", json_schema_extra=EMPTY_LIST
+    )
 
     @model_validator(mode="after")
     def _supported(self) -> CreateTemplateVersionRequest:
@@ -92,7 +111,9 @@ class CreateTemplateRequest(Request):
     template_version_id: Uuid
     display_name: str = Field("", max_length=64)
     description: str = Field("", max_length=128)
-    icon: str = Field("", description="Refused unless empty: coderd keeps no icons.")
+    icon: str = Field(
+        "", description="Refused unless empty: coderd keeps no icons.", json_schema_extra=EMPTY_STRING
+    )
     default_ttl_ms: int = Field(0, ge=0, le=0, description="0 only: coderd has no autostop.")
     activity_bump_ms: int = Field(0, ge=0, le=0, description="0 only: coderd has no autostop.")
     failure_ttl_ms: int = Field(0, ge=0, le=0, description="0 only.")
@@ -103,7 +124,11 @@ class CreateTemplateRequest(Request):
     allow_user_autostop: bool = True
     disable_everyone_group_access: Literal[False] = Field(False, description="coderd has no groups.")
     require_active_version: bool = Field(False, description="Builds always use the active version.")
-    autostop_requirement: dict[str, Any] = Field({}, description="Refused unless it requires nothing.")
+    autostop_requirement: dict[str, Any] = Field(
+        {},
+        description="Refused unless it requires nothing.",
+        json_schema_extra={"properties": {"days_of_week": {"type": "array", "maxItems": 0}}},
+    )
 
     @model_validator(mode="after")
     def _supported(self) -> CreateTemplateRequest:
@@ -124,13 +149,19 @@ class CreateWorkspaceRequest(Request):
     template_id: Uuid | None = None
     template_version_id: Uuid | None = None
     name: str = name_field()
-    autostart_schedule: str = Field("", description="Refused unless empty: coderd has no autostart.")
+    autostart_schedule: str = Field(
+        "", description="Refused unless empty: coderd has no autostart.", json_schema_extra=EMPTY_STRING
+    )
     ttl_ms: int = Field(0, ge=0, le=0, description="0 only: coderd has no autostop.")
-    rich_parameter_values: list[ParameterValue] = Field([], description="Refused: no parameters.")
+    rich_parameter_values: list[ParameterValue] = Field(
+        [], description="Refused: no parameters.", json_schema_extra=EMPTY_LIST
+    )
     automatic_updates: Literal["", "always"] = Field(
         "", description="Builds always use the template's active version (Coder's `always`)."
     )
-    template_version_preset_id: Uuid | None = Field(None, description="Refused: coderd has no presets.")
+    template_version_preset_id: Uuid | None = Field(
+        None, description="Refused: coderd has no presets.", json_schema_extra=ZERO_OR_NULL_UUID
+    )
 
     @model_validator(mode="after")
     def _supported(self) -> CreateWorkspaceRequest:
@@ -150,11 +181,19 @@ class CreateBuildRequest(Request):
 
     transition: Literal["start", "stop", "delete"]
     template_version_id: Uuid | None = Field(None, description="The template's active version only.")
-    template_version_preset_id: Uuid | None = Field(None, description="Refused: coderd has no presets.")
+    template_version_preset_id: Uuid | None = Field(
+        None, description="Refused: coderd has no presets.", json_schema_extra=ZERO_OR_NULL_UUID
+    )
     dry_run: Literal[False] = Field(False, description="coderd has no dry runs.")
-    state: str = Field("", description="Refused unless empty: coderd keeps no provisioner state.")
+    state: str = Field(
+        "",
+        description="Refused unless empty: coderd keeps no provisioner state.",
+        json_schema_extra=EMPTY_STRING,
+    )
     orphan: Literal[False] = Field(False, description="A delete always runs the template's delete.")
-    rich_parameter_values: list[ParameterValue] = Field([], description="Refused: no parameters.")
+    rich_parameter_values: list[ParameterValue] = Field(
+        [], description="Refused: no parameters.", json_schema_extra=EMPTY_LIST
+    )
     log_level: Literal["", "debug"] = ""
     reason: str = Field("", description="Where the build was asked from; read, not kept.")
 
