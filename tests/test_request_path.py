@@ -205,16 +205,21 @@ def _serve_on_a_loop_of_its_own(app: Any, paths: list[list[str]], headers: list 
 
 
 def test_it_lends_a_few_threads_instead_of_starting_them_per_request(db: Any) -> None:
-    app = HTTPApplication(RequestThreads(size=3))
-    one_by_one = _serve_on_a_loop_of_its_own(app, [["/healthz"]] * 20)
+    threads = RequestThreads(size=3)
+    app = HTTPApplication(threads)
+    try:
+        one_by_one = _serve_on_a_loop_of_its_own(app, [["/healthz"]] * 20)
+        before = threading.active_count()
+        at_once = _serve_on_a_loop_of_its_own(app, [["/healthz", "/api/v2/buildinfo"] * 5] * 4)
+        after = threading.active_count()
+    finally:
+        threads.close()  # /healthz asks the database: the threads keep connections
     assert len(one_by_one) == 20
     assert len(set(one_by_one)) == 1, set(one_by_one)  # Django started one thread per request
 
-    before = threading.active_count()
-    at_once = _serve_on_a_loop_of_its_own(app, [["/healthz", "/api/v2/buildinfo"] * 5] * 4)
     assert len(at_once) == 40
     assert len(set(at_once)) == 3, set(at_once)  # ten at once wait for the three
-    assert threading.active_count() <= before + 2
+    assert after <= before + 2
 
 
 # --- database connections --------------------------------------------------------------------------
