@@ -7,11 +7,12 @@ in-process provisioner daemons. CODER_PG_CONNECTION_URL and CODER_REDIS_URL move
 from __future__ import annotations
 
 import os
-import secrets
 import tempfile
 from pathlib import Path
 
-from coderd.datadir import ensure_private_dir, ensure_private_file
+from django.utils.functional import SimpleLazyObject
+
+from coderd import datadir
 from coderd.env import (
     CONN_MAX_AGE,
     MAX_PROVISIONER_DAEMONS,
@@ -44,34 +45,11 @@ _data_dir = env_str("CODER_DATA_DIR", str(_default_data_dir()))
 if not _data_dir.strip():
     # Path("") is the current folder: the database would land wherever the command was started.
     raise EnvError("CODER_DATA_DIR='' is empty: give a folder, or unset it to use the default")
+# Made at first use (the database, the secret key), never here, and private (0700, files 0600):
+# see coderd/datadir.py. An existing one that others can read is reported by the check coderd.W006.
 DATA_DIR = Path(_data_dir).expanduser()
-try:
-    # The database and the secret key live here: a folder we create is ours alone (an existing one
-    # that others can read is reported by the check coderd.W006).
-    ensure_private_dir(DATA_DIR)
-except OSError as exc:
-    raise EnvError(f"CODER_DATA_DIR={str(DATA_DIR)!r} cannot be created: {exc.strerror}") from None
-
-
-def _secret_key() -> str:
-    given = os.environ.get("CODER_SECRET_KEY")
-    if given:
-        return given
-    # Generated once and kept beside the database, so sessions survive a restart.
-    path = DATA_DIR / "secret_key"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        key = secrets.token_urlsafe(50)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key)
-        return key
-    except FileExistsError:  # another process won the race
-        return path.read_text().strip()
-
-
-SECRET_KEY = _secret_key()
+# Read (or generated and kept in the data folder) when Django first uses it, not at import.
+SECRET_KEY = SimpleLazyObject(lambda: datadir.secret_key(DATA_DIR))
 DEBUG = env_bool("CODER_DEBUG", False)
 
 HTTP_ADDRESS = env_address("CODER_HTTP_ADDRESS", "127.0.0.1:3000")
@@ -169,9 +147,6 @@ PG_CONNECTION_URL = env_str("CODER_PG_CONNECTION_URL", "")
 if PG_CONNECTION_URL:
     DATABASES = {"default": parse_postgres_url(PG_CONNECTION_URL)}
 else:
-    # Created empty (a valid SQLite database) and private before SQLite makes it with the umask's
-    # mode; its -wal and -shm files take the database's mode.
-    ensure_private_file(DATA_DIR / "coderd.sqlite3")
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
@@ -183,6 +158,10 @@ else:
             "CONN_HEALTH_CHECKS": True,
             # WAL lets daemons write while the API reads; a busy writer waits instead of failing.
             "OPTIONS": {
+                # Makes the data folder and the database file (private, empty: a valid SQLite
+                # database) at the first connection, before SQLite would make the file with the
+                # umask's mode; its -wal and -shm files take the database's mode.
+                "factory": datadir.SQLiteConnection,
                 "timeout": 20,
                 "transaction_mode": "IMMEDIATE",
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",

@@ -175,7 +175,7 @@ import json
 from django.conf import settings
 db = settings.DATABASES["default"]
 print(json.dumps({
-    "SECRET_KEY": settings.SECRET_KEY, "DEBUG": settings.DEBUG, "TIME_ZONE": settings.TIME_ZONE,
+    "SECRET_KEY": str(settings.SECRET_KEY), "DEBUG": settings.DEBUG, "TIME_ZONE": settings.TIME_ZONE,
     "USE_TZ": settings.USE_TZ, "ENGINE": db["ENGINE"], "NAME": str(db["NAME"]),
     "HOST": db.get("HOST", ""), "PORT": db.get("PORT", ""), "USER": db.get("USER", ""),
     "HTTP_ADDRESS": settings.HTTP_ADDRESS, "PROVISIONER_DAEMONS": settings.PROVISIONER_DAEMONS,
@@ -293,13 +293,43 @@ def test_it_stops_on_a_bad_variable_with_one_line_naming_it(
     assert "Traceback" not in done.stderr
 
 
-def test_it_stops_with_one_line_when_the_data_folder_cannot_be_made(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["migrate"], ["server", "--http-address", "127.0.0.1:0"]])
+def test_it_stops_with_one_line_when_the_data_folder_cannot_be_made(
+    tmp_path: Path, command: list[str]
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    done = manage("check", env=clean_env(blocker / "data"))
+    done = manage(*command, env=clean_env(blocker / "data"))
     assert done.returncode == 2
-    assert len(done.stderr.splitlines()) == 1, done.stderr
-    assert "CODER_DATA_DIR" in done.stderr
+    assert done.stderr.splitlines() == [
+        f"manage.py {command[0]}: CODER_DATA_DIR={str(blocker / 'data')!r} cannot be created: Not a directory"
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["help"],
+        ["server", "--help"],
+        ["provisionerd", "--help"],
+        ["runserver", "--help"],
+        ["help", "migrate"],
+    ],
+)
+def test_it_makes_no_data_folder_nor_secret_key_for_help(tmp_path: Path, argv: list[str]) -> None:
+    data_dir = tmp_path / "data"
+    done = manage(*argv, env=clean_env(data_dir))
+    assert done.returncode == 0, done.stderr
+    assert "usage" in done.stdout.lower() or "subcommands" in done.stdout.lower()
+    assert not data_dir.exists()
+
+
+def test_it_makes_the_data_folder_when_the_database_is_first_used(tmp_path: Path) -> None:
+    data_dir = tmp_path / "deep" / "data"
+    done = manage("migrate", "-v0", env=clean_env(data_dir))
+    assert done.returncode == 0, done.stderr
+    assert (data_dir / "coderd.sqlite3").is_file()
 
 
 def test_it_passes_the_system_checks_with_defaults(tmp_path: Path) -> None:
