@@ -301,9 +301,11 @@ def test_it_stops_with_one_line_when_the_data_folder_cannot_be_made(
     blocker.write_text("not a folder")
     done = manage(*command, env=clean_env(blocker / "data"))
     assert done.returncode == 2
-    assert done.stderr.splitlines() == [
-        f"manage.py {command[0]}: CODER_DATA_DIR={str(blocker / 'data')!r} cannot be created: Not a directory"
-    ]
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(
+        f"manage.py {command[0]}: CODER_DATA_DIR={str(blocker / 'data')!r} cannot be created: "
+    )
 
 
 @pytest.mark.parametrize(
