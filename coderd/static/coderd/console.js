@@ -193,7 +193,9 @@
   async function poll() {
     try {
       const response = await fetch(root.dataset.url, { credentials: "same-origin", headers: { Accept: "application/json" } });
-      if (!response.ok) throw new Error(response.status);
+      // A session that ended is answered with the login page (a redirect), not JSON.
+      if (response.redirected) throw new Error("signed out: reload to log in again");
+      if (!response.ok) throw new Error("HTTP " + response.status);
       render(await response.json());
     } catch (e) {
       const stamp = root.querySelector('[data-k="updated"]');
