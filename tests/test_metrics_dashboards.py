@@ -23,8 +23,9 @@ DASHBOARD = REPO / "metrics" / "grafana" / "coderd.json"
 RULES = REPO / "metrics" / "prometheus" / "alerts.yml"
 PASSWORD = "correct-horse-battery"
 
-# Grafana's own interval variables, as it would set them for a 1 s scrape interval.
-GRAFANA_INTERVALS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m"}
+# Grafana's own interval variables (the rate window wider than Grafana's for a 1 s scrape: a loaded CI
+# machine may take a while between the traffic and the queries).
+GRAFANA_INTERVALS = {"$__rate_interval": "2m", "$__interval": "15s", "$__range": "5m"}
 # An echo template: a start that logs while it runs, a stop that fails.
 ECHO_SOURCE = {
     "start": {"duration_ms": 1200, "logs": ["pulling image", "starting container", "ready"]},
