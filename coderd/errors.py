@@ -60,6 +60,13 @@ class Conflict(APIError):
     default_message = "The request conflicts with the current state."
 
 
+class ExpectationFailed(APIError):
+    """417: what Coder answers to deleting a user who still has workspaces."""
+
+    status = 417
+    default_message = "The request cannot be met in the current state."
+
+
 class PayloadTooLarge(APIError):
     status = 413
     default_message = "Request body too large."

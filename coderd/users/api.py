@@ -212,7 +212,7 @@ def get_user(request: HttpRequest, user: str) -> Any:
     return json_response(user_json(found, services.organization_ids(found)))
 
 
-@router.delete("/users/{user}", response={200: Message, **ERRORS}, summary="Delete user")
+@router.delete("/users/{user}", response={200: Message, 417: ErrorOut, **ERRORS}, summary="Delete user")
 def delete_user(request: HttpRequest, user: str) -> Any:
     services.delete_user(actor(request), _user(request, user))
     return {"message": "User has been deleted!"}

@@ -22,7 +22,16 @@ from django.utils import timezone
 
 from coderd import rawsql
 from coderd.audit.services import Action, audited, nested, record, record_change
-from coderd.errors import APIError, BadRequest, Conflict, Forbidden, NotFound, Unauthorized, field_error
+from coderd.errors import (
+    APIError,
+    BadRequest,
+    Conflict,
+    ExpectationFailed,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    field_error,
+)
 from coderd.users import auth
 from coderd.users.models import (
     APIKey,
@@ -256,7 +265,10 @@ def delete_user(actor: User, user: User) -> None:
         # Under the user's row lock, which creating a workspace takes too (see create_workspace).
         User.objects.select_for_update().filter(pk=user.pk).first()
         if user.workspaces.filter(deleted=False).exists():
-            raise Conflict("You cannot delete a user that has workspaces. Delete their workspaces first.")
+            # 417, as Coder's deleteUser.
+            raise ExpectationFailed(
+                "You cannot delete a user that has workspaces. Delete their workspaces first."
+            )
         APIKey.objects.filter(user=user).delete()
         transaction.on_commit(functools.partial(close_sessions, user_id=user.pk))
         # Free the email and username for reuse; the id keeps history linked.
