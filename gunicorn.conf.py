@@ -110,10 +110,12 @@ def on_starting(server) -> None:
         import django
 
         django.setup()
+        # The data folder is made at first use (the secret key the checks read, the database):
+        # a folder that cannot be made is one line here too.
+        _run_checks(server)
+        _migrate()
     except EnvError as exc:
         _die(str(exc))
-    _run_checks(server)
-    _migrate()
     from django.db import connections
 
     connections.close_all()

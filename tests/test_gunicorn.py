@@ -276,6 +276,20 @@ def test_it_says_a_bad_worker_count_in_one_line(tmp_path) -> None:
     assert "Traceback" not in process.log()
 
 
+def test_it_says_in_one_line_that_the_data_folder_cannot_be_made(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    env = {"CODER_DATA_DIR": str(blocker / "data"), "CODER_HTTP_ADDRESS": "127.0.0.1:0"}
+    gunicorn_bin = str(Path(sys.executable).parent / "gunicorn")
+    process = ServerProcess([gunicorn_bin, "-c", str(REPO / "gunicorn.conf.py")], env, name="gunicorn")
+    try:
+        assert process.popen.wait(timeout=60) == 2
+    finally:
+        process.stop()
+    assert f"gunicorn: CODER_DATA_DIR={str(blocker / 'data')!r} cannot be created: " in process.log()
+    assert "Traceback" not in process.log()
+
+
 @pytest.mark.parametrize(
     ("environ", "backend", "postgres", "ids"),
     [
