@@ -232,13 +232,33 @@ def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
 
 
 class BuildInfo(Schema):
-    version: str
+    """Coder's `codersdk.BuildInfoResponse` (the first call its clients make)."""
+
     external_url: str
+    version: str
+    dashboard_url: str
+    telemetry: bool
+    workspace_proxy: bool
+    agent_api_version: str
+    provisioner_api_version: str
+    upgrade_message: str
+    deployment_id: str
 
 
 @api.get("/buildinfo", auth=None, response=BuildInfo, tags=["General"], summary="Build info")
 def buildinfo(request: HttpRequest) -> dict:
-    return {"version": VERSION, "external_url": settings.ACCESS_URL}
+    return {
+        "external_url": settings.ACCESS_URL,
+        "version": VERSION,
+        "dashboard_url": settings.ACCESS_URL,
+        "telemetry": False,
+        "workspace_proxy": False,
+        # coderd serves no agents and speaks its own protocol to its provisioner daemons.
+        "agent_api_version": "",
+        "provisioner_api_version": "",
+        "upgrade_message": "",
+        "deployment_id": "",
+    }
 
 
 def _register_routers() -> None:

@@ -79,3 +79,12 @@ def test_it_takes_a_trailing_slash_where_coders_router_does(owner, api_as, works
     # Leaf actions take none, in Coder's router as here.
     assert api.put("users/me/status/activate/").status_code == 404
     assert api.patch(f"workspacebuilds/{ws.latest_build_id}/cancel/").status_code == 404
+
+
+def test_it_answers_buildinfo_with_every_field_of_coders(db):
+    info = APIClient().get("buildinfo").json()
+    assert set(info) >= {
+        "external_url", "version", "dashboard_url", "telemetry", "workspace_proxy", "agent_api_version",
+        "provisioner_api_version", "upgrade_message", "deployment_id",
+    }  # fmt: skip
+    assert (info["telemetry"], info["workspace_proxy"]) == (False, False)
