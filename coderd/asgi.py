@@ -12,7 +12,14 @@ try:
     import django
 
     django.setup(set_prefix=False)  # as get_asgi_application(): the prefix comes from each request
+    from django.conf import settings
+
+    from coderd import datadir
     from coderd.handlers import HTTPApplication
+
+    # A server is starting (uvicorn coderd.asgi:application too): its data folder is made now, so a
+    # folder that cannot be made stops it here in one line rather than failing its first request.
+    datadir.make(settings.DATA_DIR)
 
     http_app = HTTPApplication()
 except EnvError as exc:
