@@ -71,7 +71,7 @@ def run_once(
         if job is None:
             continue
         reaped.append(job_id)
-        log.warning("reaper: failed job %s (no heartbeat since %s)", job_id, job.updated_at)
+        log.warning("reaper: failed %s: no heartbeat since %s", _describe(job), job.updated_at)
         _after(job, observer)
     return reaped
 
@@ -125,6 +125,15 @@ def _finish_canceled_pending(now: datetime) -> None:
             id=job_id, started_at__isnull=True, completed_at__isnull=True
         ).update(completed_at=now, updated_at=now):
             after_outcome(ProvisionerJob.objects.get(id=job_id))
+
+
+def _describe(job: ProvisionerJob) -> str:
+    from provisioner.queue import job_spec
+
+    try:
+        return job_spec(job).describe()
+    except Exception:  # a log line must never stop the reaper
+        return f"job {job.id}"
 
 
 def _after(job: ProvisionerJob, observer: JobObserver | None) -> None:

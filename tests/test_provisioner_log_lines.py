@@ -5,10 +5,12 @@ mid-job each leave a line."""
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import pytest
 from channels.db import database_sync_to_async as sync_to_async
 
+from provisioner import queue, reaper
 from provisioner.daemon import Daemon
 from tests.fixtures import make_echo_template, make_workspace
 from tests.provisioner_support import T0, FixedClock, build_job, ready_template
@@ -50,6 +52,19 @@ def test_it_logs_a_successful_job_at_info_by_what_it_did(owner, tmp_path, caplog
     assert any(
         line.startswith("daemon d1: succeeded: start of workspace owner/dev (build #1") for line in info
     )
+
+
+def test_it_logs_a_job_the_reaper_fails_by_what_it_was(owner, caplog):
+    template = ready_template(owner, "python", {"start": {"duration_ms": 60_000}})
+    make_workspace(owner, template, name="dev")
+    daemon = queue.register_daemon("doomed", ["echo"], T0)
+    job = queue.claim(daemon.id, ["echo"], T0)
+    with caplog.at_level(logging.INFO):
+        assert reaper.run_once(T0 + timedelta(minutes=5)) == [job.id]
+    warnings = lines(caplog, logging.WARNING)
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("reaper: failed start of workspace owner/dev (build #1, template python ")
+    assert f"job {job.id}): no heartbeat since " in warnings[0]
 
 
 @pytest.mark.asyncio
