@@ -75,6 +75,10 @@ def resolve_route(request) -> str:
         match = get_resolver(getattr(request, "urlconf", None)).resolve(path)
     except Resolver404:
         return unmatched(path)
+    except Exception:
+        # Django's own resolution will raise it again, inside the chain, where it becomes the 500
+        # that gets counted: here it must not escape before the request is even counted.
+        return unmatched(path)
     return template_for_route(match.route) if match.route else unmatched(path)
 
 

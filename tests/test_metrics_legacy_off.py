@@ -9,7 +9,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
 from django.http import HttpResponse
-from django.urls import path
+from django.urls import path, register_converter
 
 from metrics import runtime
 from tests.fixtures import metrics_installed
@@ -30,7 +30,20 @@ def thing(request, thing):
     return HttpResponse("ok")
 
 
-urlpatterns = [path("api/v2/things/<uuid:thing>", thing)]
+class Broken:
+    """A path converter with a bug: Django's resolution raises it (a 500), ours must not."""
+
+    regex = "broken"
+
+    def to_python(self, value):
+        raise RuntimeError("the converter has a bug")
+
+    def to_url(self, value):
+        return value
+
+
+register_converter(Broken, "broken")
+urlpatterns = [path("api/v2/things/<uuid:thing>", thing), path("api/v2/<broken:b>", thing)]
 
 
 @pytest.fixture
@@ -66,6 +79,13 @@ def test_it_labels_unmatched_paths_unknown_under_api_and_static_elsewhere(state)
     assert value(state, total, code="404", method="GET", path="") is None
     assert value(state, "coderd_api_request_latencies_seconds_count", method="GET", path="UNKNOWN") == 1
     assert value(state, "coderd_api_concurrent_requests", method="GET", path="STATIC") == 0
+
+
+@pytest.mark.urls(__name__)
+def test_it_counts_a_request_whose_route_resolution_raises(state):
+    assert request("GET", "/api/v2/broken") == 500
+    assert value(state, "coderd_api_requests_processed_total", code="500", method="GET", path="UNKNOWN") == 1
+    assert value(state, "coderd_api_concurrent_requests", method="GET", path="UNKNOWN") == 0
 
 
 def _static_file() -> str:
