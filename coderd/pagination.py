@@ -19,3 +19,10 @@ class Page(Schema):
     def apply(self, queryset: QuerySet) -> QuerySet:
         # Callers order by a unique key last, so pages neither repeat nor skip rows.
         return queryset[self.offset : self.offset + self.limit]
+
+    def count(self, queryset: QuerySet, rows: list) -> int:
+        """The total a list reports beside its page: known without a query when the page came back
+        short (and is not past the end), counted otherwise."""
+        if len(rows) < self.limit and (rows or self.offset == 0):
+            return self.offset + len(rows)
+        return queryset.count()

@@ -139,3 +139,19 @@ def test_it_encodes_uuids_and_datetimes_as_ninjas_encoder_does() -> None:
         {"nested": [uuid.UUID(int=0), None, 1.5, "x"]},
     ]
     assert json.dumps(values, cls=Encoder) == json.dumps(values, cls=NinjaJSONEncoder)
+
+
+def test_it_counts_the_workspaces_beyond_a_full_page(member: Any, workspace_for: Any, api_as: Any) -> None:
+    for i in range(5):
+        workspace_for(member, name=f"ws-{i}")
+    client = api_as(member)
+    pages = {
+        "workspaces": (5, 5),  # short page: the count is the page's length, no count query
+        "workspaces?limit=2": (2, 5),  # full page: counted
+        "workspaces?limit=2&offset=4": (1, 5),  # the last, short page: offset + length
+        "workspaces?offset=9": (0, 5),  # past the end: counted
+        "workspaces?limit=5": (5, 5),  # exactly full: counted
+    }
+    for path, (length, count) in pages.items():
+        body = client.get(path).json()
+        assert (len(body["workspaces"]), body["count"]) == (length, count), path

@@ -411,11 +411,11 @@ def list_workspaces(request: HttpRequest, filters: Query[WorkspaceFilter], page:
     workspaces = _filter_workspaces(actor(request), filters.q)
     rows = list(page.apply(workspaces.only(*WORKSPACE_LIST_ONLY)))
     now = timezone.now()
-    # Three queries however many: the page (its builds, jobs, templates... joined), the count, and
-    # the queue positions of its pending jobs, if any.
+    # At most three queries however many: the page (its builds, jobs, templates... joined), the
+    # count when the page is full, and the queue positions of its pending jobs, if any.
     queue = queue_positions((w.latest_build.job for w in rows if w.latest_build), now)
     listed = [workspace_json(w, queue, now) for w in rows]
-    return json_response({"workspaces": listed, "count": workspaces.count()})
+    return json_response({"workspaces": listed, "count": page.count(workspaces, rows)})
 
 
 @router.get(
