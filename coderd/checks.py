@@ -131,7 +131,7 @@ def check_configuration(app_configs: Sequence[Any] | None = None, **kwargs: Any)
 
 
 def _data_dir_problems() -> list:
-    """coderd.W006: the data folder, database or secret key readable by others (made so before
+    """coderd.W007: the data folder, database or secret key readable by others (made so before
     coderd created them private, or changed since)."""
     data_dir = Path(settings.DATA_DIR)
     paths = [data_dir, data_dir / "secret_key"]
@@ -147,6 +147,6 @@ def _data_dir_problems() -> list:
             f"Others can read coderd's data: {listed}. It holds the database (admin sessions, "
             "token hashes) and the secret key.",
             hint=f"chmod 700 {data_dir} (and 600 the files in it), as coderd makes a data folder it creates.",
-            id="coderd.W006",
+            id="coderd.W007",
         )
     ]

@@ -7,7 +7,7 @@ generated secret key (`secret_key()`, read when Django first uses SECRET_KEY: a 
 cookie, the system checks). A folder that cannot be made is one line naming CODER_DATA_DIR (EnvError).
 
 What coderd creates there is its own alone (a folder 0700, files 0600), whatever the umask; what
-exists already is left as it is and reported by the check coderd.W006 when others can read it.
+exists already is left as it is and reported by the check coderd.W007 when others can read it.
 Imported by settings.py: nothing Django here.
 """
 

@@ -46,7 +46,7 @@ if not _data_dir.strip():
     # Path("") is the current folder: the database would land wherever the command was started.
     raise EnvError("CODER_DATA_DIR='' is empty: give a folder, or unset it to use the default")
 # Made at first use (the database, the secret key), never here, and private (0700, files 0600):
-# see coderd/datadir.py. An existing one that others can read is reported by the check coderd.W006.
+# see coderd/datadir.py. An existing one that others can read is reported by the check coderd.W007.
 DATA_DIR = Path(_data_dir).expanduser()
 # Read (or generated and kept in the data folder) when Django first uses it, not at import.
 SECRET_KEY = SimpleLazyObject(lambda: datadir.secret_key(DATA_DIR))

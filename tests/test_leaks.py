@@ -59,7 +59,7 @@ def test_it_creates_a_private_data_folder_and_warns_about_an_open_one(tmp_path: 
     assert manage("migrate", "-v0", env=clean_env(data)).returncode == 0
     checked = manage("check", env=clean_env(data))
     assert checked.returncode == 0, checked.stderr
-    assert "coderd.W006" not in checked.stdout + checked.stderr
+    assert "coderd.W007" not in checked.stdout + checked.stderr
     assert mode(data) == 0o700
     assert mode(data / "coderd.sqlite3") == 0o600
     assert mode(data / "secret_key") == 0o600
@@ -70,7 +70,7 @@ def test_it_creates_a_private_data_folder_and_warns_about_an_open_one(tmp_path: 
     checked = manage("check", env=clean_env(data))
     assert checked.returncode == 0
     output = checked.stdout + checked.stderr
-    assert "coderd.W006" in output
+    assert "coderd.W007" in output
     assert f"{data} (755)" in output and f"{data / 'coderd.sqlite3'} (644)" in output
     assert mode(data) == 0o755
 
