@@ -66,7 +66,9 @@ class Outage:
 
 
 def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = " ".join(str(exc).split())
+    if not text:  # asyncio's and the socket's timeouts say nothing
+        text = "no answer in time" if isinstance(exc, TimeoutError) else type(exc).__name__
     return text[:300]
 
 
