@@ -3,12 +3,15 @@
 Each test starts the service it stops (on a free loopback port, so it can stop it), a gunicorn
 server on it, traffic in a thread and websockets, then checks what clients got during and after
 the outage, the websocket gauge, the request counters and the log. They run in the PostgreSQL +
-Redis pass of .ci/run: the SQLite pass would run the same servers again.
+Redis pass of .ci/run: the SQLite pass would run the same servers again. In both passes, in
+process: the API's 503 and the one log line per outage, and a consumer whose channel layer fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import threading
 import time
 from collections import Counter
@@ -16,20 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from channels.layers import InMemoryChannelLayer
 from django.conf import settings
+from django.test import override_settings
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests.services import Coderd, Postgres, Redis, http_get, missing, total, wait_for
 
-pytestmark = [
-    pytest.mark.postgres,
-    pytest.mark.redis,
-    pytest.mark.skipif(
-        "postgresql" not in settings.DATABASES["default"]["ENGINE"],
-        reason="runs in the PostgreSQL + Redis pass of .ci/run",
-    ),
-]
+# The two gunicorn tests run in the PostgreSQL + Redis pass only: the SQLite pass would start the
+# same servers again. The in-process tests at the end run in both.
+real_services = pytest.mark.skipif(
+    "postgresql" not in settings.DATABASES["default"]["ENGINE"],
+    reason="runs in the PostgreSQL + Redis pass of .ci/run",
+)
 
 LINES = [f"line {i:02d}" for i in range(30)]
 SLOW = {"start": {"duration_ms": 6000, "logs": LINES}, "stop": {}, "delete": {}}
@@ -148,6 +151,8 @@ def statuses(seen: list) -> Counter:
     return Counter(status for _, _, status, _, _ in seen)
 
 
+@pytest.mark.redis
+@real_services
 def test_it_rides_out_a_redis_outage(tmp_path: Path) -> None:
     redis = own_redis()
     server = None
@@ -212,6 +217,9 @@ def test_it_rides_out_a_redis_outage(tmp_path: Path) -> None:
         redis.stop()
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
+@real_services
 def test_it_answers_503_through_a_postgresql_outage(tmp_path: Path, redis_url: str) -> None:
     postgres = own_postgres()
     server = None
@@ -276,3 +284,109 @@ def test_it_answers_503_through_a_postgresql_outage(tmp_path: Path, redis_url: s
         if server is not None:
             server.stop()
         postgres.stop()
+
+
+# --- in process, in both passes ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_it_answers_503_and_logs_once_while_the_database_is_unreachable(api_as, owner, monkeypatch, caplog):
+    import psycopg
+    from django.db import OperationalError, connection
+    from django.db.backends.signals import connection_created
+    from django.db.backends.utils import CursorWrapper
+    from django.test import Client as DjangoClient
+
+    from coderd import outages
+
+    outages.database.recovered()
+    api = api_as(owner)
+    caplog.set_level(logging.DEBUG)
+
+    def refused(self, *args, **kwargs):
+        # What Django raises when psycopg cannot reach the server (no SQLSTATE: no server said it).
+        raise OperationalError("connection refused") from psycopg.OperationalError("connection refused")
+
+    browser = DjangoClient(raise_request_exception=False)  # as a server: a 5xx page, not the exception
+    browser.force_login(owner)
+    monkeypatch.setattr(CursorWrapper, "execute", refused)
+    for _ in range(3):
+        response = api.get("users/me")
+        assert response.status_code == 503
+        assert response["Retry-After"] == str(outages.RETRY_AFTER_SECONDS)
+        assert set(response.json()) == {"message", "detail", "validations"}
+    assert DjangoClient().get("/healthz").status_code == 503
+    assert browser.get("/admin/").status_code == 503  # through handler500
+    monkeypatch.undo()
+    connection_created.send(sender=connection.__class__, connection=connection)  # a new connection
+    assert api.get("users/me").status_code == 200
+
+    told = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "coderd.outages"]
+    assert [level for level, _ in told if level != "DEBUG"] == ["WARNING", "INFO"], told
+    assert "database unreachable: connection refused" in told[0][1]
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback anywhere
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
+
+
+class FlakyLayer(InMemoryChannelLayer):
+    """The in-memory layer, failing as channels_redis does while Redis is away."""
+
+    down = False
+
+    async def receive(self, channel):
+        while FlakyLayer.down:
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        return await super().receive(channel)
+
+    async def group_add(self, group, channel):
+        if FlakyLayer.down:
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        return await super().group_add(group, channel)
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+@override_settings(CHANNEL_LAYERS={"default": {"BACKEND": "tests.test_outages.FlakyLayer"}})
+async def test_it_serves_and_rejoins_websockets_while_the_channel_layer_fails(owner) -> None:
+    from channels.db import database_sync_to_async
+    from channels.layers import channel_layers
+    from channels.testing import WebsocketCommunicator
+
+    from coderd import outages
+    from coderd.asgi import application
+    from coderd.websockets import publish
+    from provisioner.notify import workspace_group
+    from tests.fixtures import make_echo_template, make_workspace, token_for
+
+    channel_layers.backends.pop("default", None)  # built again from the overridden settings
+    template = await database_sync_to_async(make_echo_template)(owner)
+    workspace = await database_sync_to_async(make_workspace)(owner, template)
+    token = await database_sync_to_async(token_for)(owner)
+    headers = [
+        (b"origin", b"http://localhost"),
+        (b"host", b"localhost"),
+        (b"coder-session-token", token.encode()),
+    ]
+    path = f"/api/v2/workspaces/{workspace.id}/watch-ws"
+    FlakyLayer.down = True
+    try:
+        # Opened while the layer fails: accepted and served (it polls the database), not a 500.
+        watcher = WebsocketCommunicator(application, path, headers=headers)
+        assert (await watcher.connect(timeout=5))[0]
+        assert (await watcher.receive_json_from(timeout=5))["id"] == str(workspace.id)
+        assert outages.channel_layer.down
+        FlakyLayer.down = False
+        # Back: the socket joins its groups again (within a second or two) and notices reach it.
+        layer = channel_layers["default"]
+        for _ in range(100):
+            if layer.groups.get(workspace_group(workspace.id)):
+                break
+            await asyncio.sleep(0.1)
+        assert layer.groups.get(workspace_group(workspace.id))
+        await database_sync_to_async(publish)(workspace_group(workspace.id), {"type": "workspace.changed"})
+        assert not outages.channel_layer.down
+        await watcher.disconnect()
+        assert not layer.groups.get(workspace_group(workspace.id))  # left on the way out
+    finally:
+        FlakyLayer.down = False
+        channel_layers.backends.pop("default", None)
