@@ -33,13 +33,18 @@ class Encoder(NinjaJSONEncoder):
         if kind is uuid.UUID:
             return str(o)
         if kind is datetime.datetime:
-            r = o.isoformat()
-            if o.microsecond:
-                r = r[:23] + r[26:]
-            if r.endswith("+00:00"):
-                r = r.removesuffix("+00:00") + "Z"
-            return r
+            return datetime_text(o)
         return super().default(o)
+
+
+def datetime_text(o: datetime.datetime) -> str:
+    """A datetime as DjangoJSONEncoder writes it: milliseconds, and `Z` for UTC."""
+    r = o.isoformat()
+    if o.microsecond:
+        r = r[:23] + r[26:]
+    if r.endswith("+00:00"):
+        r = r.removesuffix("+00:00") + "Z"
+    return r
 
 
 def json_response(data: Any, status: int = 200) -> HttpResponse:

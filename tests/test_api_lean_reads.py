@@ -155,3 +155,63 @@ def test_it_counts_the_workspaces_beyond_a_full_page(member: Any, workspace_for:
     for path, (length, count) in pages.items():
         body = client.get(path).json()
         assert (len(body["workspaces"]), body["count"]) == (length, count), path
+
+
+def _as_model_instances_render(user: Any, path: str) -> bytes:
+    """What the list sent before it read plain rows: workspace_json over the ORM's model instances."""
+    from urllib.parse import parse_qs, urlparse
+
+    from coderd.fastjson import json_response
+    from coderd.pagination import Page
+    from coderd.workspaces.api import _filter_workspaces
+    from coderd.workspaces.responses import WORKSPACE_LIST_ONLY, queue_positions, workspace_json
+
+    args = {k: v[0] for k, v in parse_qs(urlparse(path).query).items()}
+    page = Page(limit=int(args.get("limit", 100)), offset=int(args.get("offset", 0)))
+    workspaces = _filter_workspaces(user, args.get("q", ""))
+    rows = list(page.apply(workspaces.only(*WORKSPACE_LIST_ONLY)))
+    now = timezone.now()
+    queue = queue_positions((w.latest_build.job for w in rows if w.latest_build), now)
+    body = {
+        "workspaces": [workspace_json(w, queue, now) for w in rows],
+        "count": page.count(workspaces, rows),
+    }
+    return json_response(body).content
+
+
+def test_it_lists_workspaces_with_the_bytes_model_instances_gave(
+    states: list[Any], member: Any, owner: Any, workspace_for: Any, api_as: Any
+) -> None:
+    from datetime import timedelta
+
+    from coderd.workspaces.models import Template, WorkspaceBuild
+
+    long_ago = timezone.now() - timedelta(minutes=5)
+    # A running job whose heartbeat stopped (failed), timestamps on a whole second and under a
+    # millisecond, a build whose initiator is gone, a workspace of another owner.
+    ProvisionerJob.objects.filter(pk=states[2].latest_build.job_id).update(updated_at=long_ago)
+    ProvisionerJob.objects.filter(pk=states[3].latest_build.job_id).update(
+        created_at=long_ago.replace(microsecond=0), completed_at=long_ago.replace(microsecond=500)
+    )
+    WorkspaceBuild.objects.filter(pk=states[4].latest_build_id).update(initiator=None)
+    ProvisionerJob.objects.filter(pk=states[4].latest_build.job_id).update(initiator=None)
+    workspace_for(owner, name="theirs")
+    paths = (
+        "workspaces",
+        "workspaces?limit=2&offset=1",
+        "workspaces?q=status:failed",
+        "workspaces?q=owner:me%20name:ws",
+        "workspaces?q=deleted:true",
+    )
+    for user in (member, owner):
+        client = api_as(user)
+        for path in paths:
+            r = client.get(path)
+            assert r.status_code == 200, path
+            assert r.content == _as_model_instances_render(user, path), (user.username, path)
+    assert "failed" in [w["latest_build"]["status"] for w in r.json()["workspaces"]]
+    # No active version (Coder's zero UUID) makes every workspace outdated.
+    Template.objects.update(active_version=None)
+    r = api_as(owner).get("workspaces")
+    assert r.content == _as_model_instances_render(owner, "workspaces")
+    assert {w["outdated"] for w in r.json()["workspaces"]} == {True}

@@ -25,8 +25,9 @@ from coderd.users.models import OrganizationMember, User
 from coderd.users.schemas import ErrorOut, Message
 from coderd.users.services import MAX_REF_LENGTH, shown, user_by_ref
 from coderd.workspaces import services
+from coderd.workspaces.listing import workspace_list
 from coderd.workspaces.models import Template, TemplateVersion, Workspace, WorkspaceBuild
-from coderd.workspaces.responses import WORKSPACE_LIST_ONLY, queue_positions, with_active_user_count
+from coderd.workspaces.responses import queue_positions, with_active_user_count
 from coderd.workspaces.schemas import (
     BUILD_RELATED,
     TEMPLATE_RELATED,
@@ -409,13 +410,11 @@ def _filter_workspaces(user: User, q: str) -> QuerySet:
 )
 def list_workspaces(request: HttpRequest, filters: Query[WorkspaceFilter], page: Query[Page]) -> Any:
     workspaces = _filter_workspaces(actor(request), filters.q)
-    rows = list(page.apply(workspaces.only(*WORKSPACE_LIST_ONLY)))
-    now = timezone.now()
     # At most three queries however many: the page (its builds, jobs, templates... joined), the
-    # count when the page is full, and the queue positions of its pending jobs, if any.
-    queue = queue_positions((w.latest_build.job for w in rows if w.latest_build), now)
-    listed = [workspace_json(w, queue, now) for w in rows]
-    return json_response({"workspaces": listed, "count": page.count(workspaces, rows)})
+    # count when the page is full, and the queue positions of its pending jobs, if any. The page is
+    # read as plain rows (listing.py): the same bytes as workspace_json over model instances.
+    listed = workspace_list(page.apply(workspaces), timezone.now())
+    return json_response({"workspaces": listed, "count": page.count(workspaces, listed)})
 
 
 @router.get(

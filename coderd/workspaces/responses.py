@@ -283,14 +283,20 @@ Queue = dict[Any, tuple[int, int]]
 def queue_positions(jobs: Iterable[ProvisionerJob], now: datetime) -> Queue:
     """`_queue` for every pending job of a list in one query, whatever their number: a list renders
     in a fixed number of queries (one per pending job before)."""
-    pending = [job for job in jobs if job.get_status(now) == JobStatus.PENDING]
+    return queue_positions_for(
+        [(job.id, job.created_at) for job in jobs if job.get_status(now) == JobStatus.PENDING]
+    )
+
+
+def queue_positions_for(pending: list[tuple[Any, datetime]]) -> Queue:
+    """The same from (key, created_at) of the pending jobs alone: one query, none if there are none."""
     if not pending:
         return {}
     ahead = {
-        f"ahead_{i}": Count("id", filter=Q(created_at__lte=job.created_at)) for i, job in enumerate(pending)
+        f"ahead_{i}": Count("id", filter=Q(created_at__lte=created)) for i, (_, created) in enumerate(pending)
     }
     counts = ProvisionerJob.objects.pending().aggregate(size=Count("id"), **ahead)
-    return {job.id: (counts[f"ahead_{i}"], counts["size"]) for i, job in enumerate(pending)}
+    return {key: (counts[f"ahead_{i}"], counts["size"]) for i, (key, _) in enumerate(pending)}
 
 
 def job_json(
@@ -605,6 +611,7 @@ __all__ = [
     "build_json",
     "job_json",
     "queue_positions",
+    "queue_positions_for",
     "template_json",
     "template_version_json",
     "with_active_user_count",

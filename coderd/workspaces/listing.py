@@ -1,0 +1,303 @@
+"""The workspace list read as plain rows: the bytes `workspace_json` gives, without model instances.
+
+A page of 50 workspaces spent ~75 % of its time in the ORM building ~20,000 model instances' worth of
+objects from the joined rows and converting ~2,250 UUIDs and ~1,150 datetimes, and most of the rest
+in the JSON encoder calling back into Python for each of them. Here the ORM still builds the query
+(the caller's filters, roles, order and page are the queryset `_filter_workspaces` makes), but its
+rows are read through the cursor as they come and each value is written once, straight into the
+text the response carries:
+- on SQLite a UUID is stored as 32 hex digits and a datetime as `YYYY-MM-DD HH:MM:SS[.ffffff]` UTC
+  text (the datetimes are selected as text, so that sqlite3 does not parse them): both are rewritten
+  by slicing into what DjangoJSONEncoder writes (`xxxxxxxx-xxxx-...`, `YYYY-MM-DDTHH:MM:SS[.mmm]Z`);
+  a value in any other shape goes through the ORM's own converter and the encoder's rule;
+- on PostgreSQL psycopg's UUID and datetime objects are written by the same rule (`fastjson`);
+so the encoder sees only strings, numbers, booleans and None. The dict of each workspace is the one
+`workspace_json` builds, key for key: tests/test_api_lean_reads.py compares the two for every state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from django.db import connection
+from django.db.models import F, QuerySet, TextField
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast
+
+from coderd.fastjson import datetime_text
+from coderd.shapes import ZERO_UUID
+from coderd.workspaces.responses import DEFAULT_JOB_TAGS, queue_positions_for
+from coderd.workspaces.status import workspace_status
+from provisioner.models import HEARTBEAT_STALE_AFTER, JobStatus, JobType, status_of
+
+_ZERO = str(ZERO_UUID)
+_B = "latest_build__"
+_J = "latest_build__job__"
+
+# (path, kind) in the order of the row; kinds: "u" UUID, "t" datetime, "" as read.
+_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "u"),
+    ("created_at", "t"),
+    ("updated_at", "t"),
+    ("owner_id", "u"),
+    ("owner__username", ""),
+    ("organization_id", "u"),
+    ("organization__name", ""),
+    ("template_id", "u"),
+    ("template__name", ""),
+    ("template__display_name", ""),
+    ("template__active_version_id", "u"),
+    ("name", ""),
+    ("deleted", ""),
+    ("latest_build_id", "u"),
+    (_B + "created_at", "t"),
+    (_B + "updated_at", "t"),
+    (_B + "template_version_id", "u"),
+    (_B + "template_version__name", ""),
+    (_B + "build_number", ""),
+    (_B + "transition", ""),
+    (_B + "initiator_id", "u"),
+    (_B + "initiator__username", ""),
+    (_J + "id", "u"),
+    (_J + "created_at", "t"),
+    (_J + "started_at", "t"),
+    (_J + "completed_at", "t"),
+    (_J + "canceled_at", "t"),
+    (_J + "updated_at", "t"),
+    (_J + "error", ""),
+    (_J + "worker_id", "u"),
+    (_J + "worker__name", ""),
+    (_J + "organization_id", "u"),
+    (_J + "initiator_id", "u"),
+    (_J + "type", ""),
+)
+# What job_json reads from the job's input (a build's input also carries its template's source,
+# which need not be read at all).
+_INPUT_KEYS = (
+    "template_version_id",
+    "workspace_build_id",
+    "template_version_name",
+    "workspace_id",
+    "workspace_name",
+)
+
+
+def _sqlite_uuid(value: Any) -> str | None:
+    if value is None:
+        return None
+    if type(value) is str and len(value) == 32:
+        value = value.lower()
+        return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
+    return str(connection.ops.convert_uuidfield_value(value, None, connection))
+
+
+def _sqlite_datetime(value: Any) -> str | None:
+    # Django writes str(datetime) of the UTC time: the fraction only when there are microseconds.
+    if value is None:
+        return None
+    if type(value) is str and value[10:11] == " ":
+        if len(value) == 19:
+            return f"{value[:10]}T{value[11:]}Z"
+        if len(value) == 26 and value[19] == "." and value[20:] != "000000":
+            return f"{value[:10]}T{value[11:23]}Z"
+    return datetime_text(_sqlite_datetime_value(value))
+
+
+def _sqlite_datetime_value(value: Any) -> datetime | None:
+    return connection.ops.convert_datetimefield_value(value, None, connection)
+
+
+def _pg_uuid(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _pg_datetime(value: Any) -> str | None:
+    return None if value is None else datetime_text(value)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _formatters() -> tuple[Callable[[Any], Any], Callable[[Any], Any], Callable[[Any], datetime | None]]:
+    """(UUID, datetime as text, datetime as a value) for this connection's raw values."""
+    if connection.vendor == "sqlite":
+        return _sqlite_uuid, _sqlite_datetime, _sqlite_datetime_value
+    return _pg_uuid, _pg_datetime, _same
+
+
+def _rows(workspaces: QuerySet) -> list[tuple]:
+    """The page's rows as the cursor gives them, in _COLUMNS order then _INPUT_KEYS."""
+    sqlite = connection.vendor == "sqlite"
+    exprs: dict[str, Any] = {}
+    names = []
+    for i, (path, kind) in enumerate(_COLUMNS):
+        if sqlite and kind == "t":
+            exprs[f"_c{i}"] = Cast(F(path), TextField())
+            names.append(f"_c{i}")
+        else:
+            names.append(path)
+    for i, key in enumerate(_INPUT_KEYS):
+        exprs[f"_in{i}"] = KeyTextTransform(key, _J + "input")
+        names.append(f"_in{i}")
+    sql, params = workspaces.annotate(**exprs).values_list(*names).query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+_STATUS: dict[tuple[str, str], str] = {}
+
+
+def _workspace_status(transition: str, job_status: str) -> str:
+    found = _STATUS.get((transition, job_status))
+    if found is None:
+        found = _STATUS[(transition, job_status)] = workspace_status(transition, job_status).value
+    return found
+
+
+def workspace_list(workspaces: QuerySet, now: datetime) -> list[dict[str, Any]]:
+    """`[workspace_json(w, queue, now) for w in page]` for the page `workspaces` (a queryset sliced by
+    the caller), in a fixed number of queries: the page, and the queue positions of its pending jobs."""
+    rows = _rows(workspaces)
+    uuid_text, time_text, time_value = _formatters()
+    n = len(_COLUMNS)
+
+    # Job statuses first: the pending ones need their queue positions, one query for all.
+    statuses: list[str | None] = []
+    pending: list[tuple[Any, datetime]] = []
+    for row in rows:
+        if row[13] is None:  # no build yet
+            statuses.append(None)
+            continue
+        started, completed, canceled, updated, error = row[24], row[25], row[26], row[27], row[28]
+        if canceled is not None or started is None or completed is not None:
+            status = status_of(
+                started_at=started,
+                completed_at=completed,
+                canceled_at=canceled,
+                error=error,
+                updated_at=None,
+                now=now,
+            )
+        else:  # running, unless its heartbeat is stale: the one case that needs a datetime
+            beat = time_value(updated)
+            status = (
+                JobStatus.FAILED
+                if beat is not None and now - beat > HEARTBEAT_STALE_AFTER
+                else JobStatus.RUNNING
+            )
+        if status == JobStatus.PENDING:
+            pending.append((row[22], time_value(row[23])))
+        statuses.append(str(status))
+    queue = queue_positions_for(pending)
+
+    listed = []
+    for row, status in zip(rows, statuses, strict=True):
+        ws_id = uuid_text(row[0])
+        owner_id = uuid_text(row[3])
+        template_id = uuid_text(row[7])
+        active_version = row[10]
+        created = time_text(row[1])
+        build = None
+        if status is not None:
+            job_id = row[22]
+            position, size = queue.get(job_id, (0, 0))
+            in_tv, in_build, in_tv_name, in_ws, in_ws_name = row[n:]
+            job_type = row[33]
+            build_created = time_text(row[14])
+            transition = row[19]
+            build = {
+                "id": uuid_text(row[13]),
+                "created_at": build_created,
+                "updated_at": time_text(row[15]),
+                "workspace_id": ws_id,
+                "workspace_name": row[11],
+                "workspace_owner_id": owner_id,
+                "workspace_owner_name": row[4],
+                "workspace_owner_avatar_url": "",
+                "template_version_id": uuid_text(row[16]),
+                "template_version_name": row[17],
+                "build_number": row[18],
+                "transition": transition,
+                "initiator_id": _ZERO if row[20] is None else uuid_text(row[20]),
+                "initiator_name": "" if row[20] is None else row[21],
+                "job": {
+                    "id": uuid_text(job_id),
+                    "created_at": time_text(row[23]),
+                    "started_at": time_text(row[24]),
+                    "completed_at": time_text(row[25]),
+                    "canceled_at": time_text(row[26]),
+                    "error": row[28],
+                    "error_code": "",
+                    "status": status,
+                    "worker_id": uuid_text(row[29]),
+                    "worker_name": "" if row[29] is None else row[30],
+                    "file_id": _ZERO,
+                    "tags": DEFAULT_JOB_TAGS,
+                    "queue_position": position,
+                    "queue_size": size,
+                    "organization_id": uuid_text(row[31]),
+                    "initiator_id": _ZERO if row[32] is None else uuid_text(row[32]),
+                    "input": {"template_version_id": in_tv, "workspace_build_id": in_build, "error": ""},
+                    "type": job_type,
+                    "metadata": {
+                        "template_version_name": "" if in_tv_name is None else in_tv_name,
+                        "template_id": template_id,
+                        "template_name": row[8],
+                        "template_display_name": row[9],
+                        "template_icon": "",
+                        "workspace_id": in_ws if job_type == JobType.WORKSPACE_BUILD else None,
+                        "workspace_name": "" if in_ws_name is None else in_ws_name,
+                    },
+                    "logs_overflowed": False,
+                },
+                "reason": "initiator",
+                "resources": [],
+                "deadline": None,
+                "max_deadline": None,
+                "status": _workspace_status(transition, status),
+                "daily_cost": 0,
+                "template_version_preset_id": None,
+                "has_ai_task": False,
+            }
+        listed.append(
+            {
+                "id": ws_id,
+                "created_at": created,
+                "updated_at": time_text(row[2]),
+                "owner_id": owner_id,
+                "owner_name": row[4],
+                "owner_avatar_url": "",
+                "organization_id": uuid_text(row[5]),
+                "organization_name": row[6],
+                "template_id": template_id,
+                "template_name": row[8],
+                "template_display_name": row[9],
+                "template_icon": "",
+                "template_allow_user_cancel_workspace_jobs": True,
+                "template_active_version_id": _ZERO if active_version is None else uuid_text(active_version),
+                "template_require_active_version": True,
+                "template_use_classic_parameter_flow": False,
+                "latest_build": build,
+                "latest_app_status": None,
+                "outdated": build is not None and row[16] != active_version,
+                "name": row[11],
+                "autostart_schedule": None,
+                "ttl_ms": None,
+                "last_used_at": created if build is None else build["created_at"],
+                "deleting_at": None,
+                "dormant_at": None,
+                "health": {"healthy": True, "failing_agents": []},
+                "automatic_updates": "always",
+                "allow_renames": False,
+                "favorite": False,
+                "next_start_at": None,
+                "is_prebuild": False,
+                "task_id": None,
+                "deleted": bool(row[12]),
+            }
+        )
+    return listed
