@@ -6,8 +6,8 @@
 2. One ORM query (a primary-key lookup on SQLite) with the wrapper on and off, interleaved rounds.
 3. The request path: an authenticated `GET /api/v2/users/{user}` through Django's ASGI handler with
    the full middleware, database metrics off / on / on with legacy names off (which also resolves
-   the route before the request runs), in short rounds running each configuration back to back;
-   medians over the rounds of the ratios within each round.
+   the route before the request runs), in short rounds running each configuration twice, mirrored
+   (A B C C B A); medians over the rounds of the ratios within each round.
 
     .venv/bin/python bench/bench_dbquery.py [--rounds 60] [--requests 40] [--queries 300]
 
@@ -135,16 +135,24 @@ def orm_rounds(user_id, rounds: int, n: int) -> dict[str, list[float]]:
     for _ in range(200):
         query.first()
     out: dict[str, list[float]] = {"off": [], "on": []}
-    for r in range(rounds):
-        order = ["off", "on"] if r % 2 == 0 else ["on", "off"]
-        for name in order:
+    for _ in range(rounds):
+        got: dict[str, float] = {"off": 0.0, "on": 0.0}
+        for name in abba(["off", "on"]):
             (dbquery.install if name == "on" else dbquery.uninstall)()
             t = time.process_time()
             for _ in range(n):
                 User.objects.filter(pk=user_id).first()
-            out[name].append((time.process_time() - t) / n * 1e6)
+            got[name] += (time.process_time() - t) / n * 1e6 / 2
+        for name, us in got.items():
+            out[name].append(us)
     dbquery.install()
     return out
+
+
+def abba(names: list[str]) -> list[str]:
+    """Each configuration twice, mirrored (A B C C B A): a drift of the machine during the round
+    weighs on every configuration alike."""
+    return names + list(reversed(names))
 
 
 async def request_rounds(app, s: dict, states: dict, rounds: int, n: int) -> dict[str, list[float]]:
@@ -164,14 +172,16 @@ async def request_rounds(app, s: dict, states: dict, rounds: int, n: int) -> dic
         for _ in range(50):
             assert await one(app, s) == 200, name
     out: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        order = names if r % 2 == 0 else list(reversed(names))
-        for name in order:
+    for _ in range(rounds):
+        got = dict.fromkeys(names, 0.0)
+        for name in abba(names):
             await configure(name)
             t = time.process_time()
             for _ in range(n):
                 await one(app, s)
-            out[name].append((time.process_time() - t) / n * 1e6)
+            got[name] += (time.process_time() - t) / n * 1e6 / 2
+        for name, us in got.items():
+            out[name].append(us)
     await configure("db on")
     return out
 

@@ -66,15 +66,19 @@ class QueryNames:
 
     def __init__(self, tables: frozenset[str]) -> None:
         self.tables = tables
-        self._cache: dict[str, str] = {}
+        self._cache: dict[int, str] = {}
 
     def __call__(self, sql: str) -> str:
-        name = self._cache.get(sql)
+        # Keyed by the text's hash, not the text: a hit then compares two ints, not the new
+        # statement with the stored one byte by byte. Two statements of one hash would share a name
+        # (still a bounded one); with 64-bit hashes and a few thousand statements, they do not meet.
+        key = hash(sql)
+        name = self._cache.get(key)
         if name is None:
             name = self._name(sql)
             if len(self._cache) >= _MAX_CACHED:  # IN (...) lists of every length: stay bounded
                 self._cache.clear()
-            self._cache[sql] = name
+            self._cache[key] = name
         return name
 
     def _name(self, sql: str) -> str:
