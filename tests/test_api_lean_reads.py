@@ -215,3 +215,21 @@ def test_it_lists_workspaces_with_the_bytes_model_instances_gave(
     r = api_as(owner).get("workspaces")
     assert r.content == _as_model_instances_render(owner, "workspaces")
     assert {w["outdated"] for w in r.json()["workspaces"]} == {True}
+
+
+def test_it_lists_each_members_own_workspaces_from_the_kept_query(
+    member: Any, other_member: Any, owner: Any, workspace_for: Any, api_as: Any
+) -> None:
+    workspace_for(member, name="mine")
+    workspace_for(other_member, name="theirs")
+    clients = {member.username: api_as(member), other_member.username: api_as(other_member)}
+    expected = {member.username: ["mine"], other_member.username: ["theirs"]}
+    for _ in range(2):  # the second time round, each list comes from the SQL the first one kept
+        for name, client in clients.items():
+            for path in ("workspaces", "workspaces?limit=1", "workspaces?offset=0&limit=50"):
+                listed = client.get(path).json()["workspaces"]
+                assert [w["name"] for w in listed] == expected[name], (name, path)
+        assert sorted(w["name"] for w in api_as(owner).get("workspaces").json()["workspaces"]) == [
+            "mine",
+            "theirs",
+        ]

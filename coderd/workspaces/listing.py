@@ -28,6 +28,7 @@ from django.db.models.functions import Cast
 
 from coderd.fastjson import datetime_text
 from coderd.shapes import ZERO_UUID
+from coderd.users.models import User
 from coderd.workspaces.responses import DEFAULT_JOB_TAGS, queue_positions_for
 from coderd.workspaces.status import workspace_status
 from provisioner.models import HEARTBEAT_STALE_AFTER, JobStatus, JobType, status_of
@@ -128,8 +129,8 @@ def _formatters() -> tuple[Callable[[Any], Any], Callable[[Any], Any], Callable[
     return _pg_uuid, _pg_datetime, _same
 
 
-def _rows(workspaces: QuerySet) -> list[tuple]:
-    """The page's rows as the cursor gives them, in _COLUMNS order then _INPUT_KEYS."""
+def _select(workspaces: QuerySet) -> QuerySet:
+    """The page's columns, in _COLUMNS order then _INPUT_KEYS."""
     sqlite = connection.vendor == "sqlite"
     exprs: dict[str, Any] = {}
     names = []
@@ -142,7 +143,45 @@ def _rows(workspaces: QuerySet) -> list[tuple]:
     for i, key in enumerate(_INPUT_KEYS):
         exprs[f"_in{i}"] = KeyTextTransform(key, _J + "input")
         names.append(f"_in{i}")
-    sql, params = workspaces.annotate(**exprs).values_list(*names).query.sql_with_params()
+    return workspaces.annotate(**exprs).values_list(*names)
+
+
+# The page's SQL for a list without a search query, by (database, whether the caller sees everyone's,
+# limit, offset): (SQL, params, index of the caller's id in them or None). Building and compiling the
+# query through the ORM took about 2 ms of a 8 ms request; the SQL of such a list differs between
+# callers only in the caller's id (members see their own workspaces), which is swapped in.
+_PLAIN_SQL: dict[tuple[Any, ...], tuple[str, list[Any], int | None]] = {}
+_PLAIN_SQL_MAX = 256
+
+
+def _plain_sql(key: tuple[Any, ...], user_id: Any, build: Callable[[], QuerySet]) -> tuple[str, list[Any]]:
+    key = (connection.vendor, *key)
+    own = User._meta.pk.get_db_prep_value(user_id, connection)
+    found = _PLAIN_SQL.get(key)
+    if found is not None:
+        sql, params, at = found
+        if at is None:
+            return sql, params
+        params = list(params)
+        params[at] = own
+        return sql, params
+    sql, params = _select(build()).query.sql_with_params()
+    params = list(params)
+    at = [i for i, p in enumerate(params) if type(p) is type(own) and p == own]
+    if len(at) <= 1:  # else the caller's id cannot be told apart: not kept, compiled each time
+        if len(_PLAIN_SQL) >= _PLAIN_SQL_MAX:
+            _PLAIN_SQL.clear()
+        _PLAIN_SQL[key] = (sql, params, at[0] if at else None)
+    return sql, params
+
+
+def _rows(
+    workspaces: QuerySet | None, plain: tuple[tuple[Any, ...], Any, Callable[[], QuerySet]] | None
+) -> list[tuple]:
+    if plain is not None:
+        sql, params = _plain_sql(*plain)
+    else:
+        sql, params = _select(workspaces).query.sql_with_params()
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
@@ -158,10 +197,17 @@ def _workspace_status(transition: str, job_status: str) -> str:
     return found
 
 
-def workspace_list(workspaces: QuerySet, now: datetime) -> list[dict[str, Any]]:
+def workspace_list(
+    workspaces: QuerySet | None,
+    now: datetime,
+    plain: tuple[tuple[Any, ...], Any, Callable[[], QuerySet]] | None = None,
+) -> list[dict[str, Any]]:
     """`[workspace_json(w, queue, now) for w in page]` for the page `workspaces` (a queryset sliced by
-    the caller), in a fixed number of queries: the page, and the queue positions of its pending jobs."""
-    rows = _rows(workspaces)
+    the caller), in a fixed number of queries: the page, and the queue positions of its pending jobs.
+
+    `plain` instead, for a list without a search query: (key, caller's id, the page's queryset
+    builder), where key says all that shapes the query but the caller's id (see _PLAIN_SQL)."""
+    rows = _rows(workspaces, plain)
     uuid_text, time_text, time_value = _formatters()
     n = len(_COLUMNS)
 
