@@ -17,8 +17,11 @@ so the encoder sees only strings, numbers, booleans and None. The dict of each w
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from datetime import datetime
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from django.db import connection
@@ -33,7 +36,7 @@ from coderd.workspaces.responses import DEFAULT_JOB_TAGS, queue_positions_for
 from coderd.workspaces.status import workspace_status
 from provisioner.models import HEARTBEAT_STALE_AFTER, JobStatus, JobType, status_of
 
-_ZERO = str(ZERO_UUID)
+_ZERO = f'"{ZERO_UUID}"'
 _B = "latest_build__"
 _J = "latest_build__job__"
 
@@ -187,6 +190,105 @@ def _rows(
         return cursor.fetchall()
 
 
+def _slot(name: str) -> str:
+    return f"\x00{name}\x00"
+
+
+def _template(body: dict[str, Any]) -> str:
+    """`body` as json.dumps writes it (ninja's encoder: the same separators, ASCII only), with each
+    _slot() a `%(name)s` for the row's value, already in JSON."""
+    text = json.dumps(body).replace("%", "%%")
+    return re.sub(r'"\\u0000(\w+)\\u0000"', r"%(\1)s", text)
+
+
+# workspace_json's and build_json's shapes, key for key (the test compares the bytes).
+_BUILD = _template(
+    {
+        **{k: _slot(k) for k in ("id", "created_at", "updated_at", "workspace_id", "workspace_name")},
+        "workspace_owner_id": _slot("workspace_owner_id"),
+        "workspace_owner_name": _slot("workspace_owner_name"),
+        "workspace_owner_avatar_url": "",
+        **{
+            k: _slot(k)
+            for k in ("template_version_id", "template_version_name", "build_number", "transition")
+        },
+        "initiator_id": _slot("initiator_id"),
+        "initiator_name": _slot("initiator_name"),
+        "job": {
+            **{
+                k: _slot(f"job_{k}")
+                for k in ("id", "created_at", "started_at", "completed_at", "canceled_at")
+            },
+            "error": _slot("job_error"),
+            "error_code": "",
+            "status": _slot("job_status"),
+            "worker_id": _slot("job_worker_id"),
+            "worker_name": _slot("job_worker_name"),
+            "file_id": str(ZERO_UUID),
+            "tags": DEFAULT_JOB_TAGS,
+            "queue_position": _slot("job_queue_position"),
+            "queue_size": _slot("job_queue_size"),
+            "organization_id": _slot("job_organization_id"),
+            "initiator_id": _slot("job_initiator_id"),
+            "input": {
+                "template_version_id": _slot("job_input_template_version_id"),
+                "workspace_build_id": _slot("job_input_workspace_build_id"),
+                "error": "",
+            },
+            "type": _slot("job_type"),
+            "metadata": {
+                "template_version_name": _slot("job_template_version_name"),
+                "template_id": _slot("job_template_id"),
+                "template_name": _slot("job_template_name"),
+                "template_display_name": _slot("job_template_display_name"),
+                "template_icon": "",
+                "workspace_id": _slot("job_workspace_id"),
+                "workspace_name": _slot("job_workspace_name"),
+            },
+            "logs_overflowed": False,
+        },
+        "reason": "initiator",
+        "resources": [],
+        "deadline": None,
+        "max_deadline": None,
+        "status": _slot("status"),
+        "daily_cost": 0,
+        "template_version_preset_id": None,
+        "has_ai_task": False,
+    }
+)
+_WORKSPACE = _template(
+    {
+        **{k: _slot(k) for k in ("id", "created_at", "updated_at", "owner_id", "owner_name")},
+        "owner_avatar_url": "",
+        **{k: _slot(k) for k in ("organization_id", "organization_name")},
+        **{k: _slot(k) for k in ("template_id", "template_name", "template_display_name")},
+        "template_icon": "",
+        "template_allow_user_cancel_workspace_jobs": True,
+        "template_active_version_id": _slot("template_active_version_id"),
+        "template_require_active_version": True,
+        "template_use_classic_parameter_flow": False,
+        "latest_build": _slot("latest_build"),
+        "latest_app_status": None,
+        "outdated": _slot("outdated"),
+        "name": _slot("name"),
+        "autostart_schedule": None,
+        "ttl_ms": None,
+        "last_used_at": _slot("last_used_at"),
+        "deleting_at": None,
+        "dormant_at": None,
+        "health": {"healthy": True, "failing_agents": []},
+        "automatic_updates": "always",
+        "allow_renames": False,
+        "favorite": False,
+        "next_start_at": None,
+        "is_prebuild": False,
+        "task_id": None,
+        "deleted": _slot("deleted"),
+    }
+)
+
+
 _STATUS: dict[tuple[str, str], str] = {}
 
 
@@ -201,14 +303,28 @@ def workspace_list(
     workspaces: QuerySet | None,
     now: datetime,
     plain: tuple[tuple[Any, ...], Any, Callable[[], QuerySet]] | None = None,
-) -> list[dict[str, Any]]:
-    """`[workspace_json(w, queue, now) for w in page]` for the page `workspaces` (a queryset sliced by
+) -> list[str]:
+    """`[json.dumps(workspace_json(w, queue, now)) for w in page]` (each as ninja's encoder writes it) for the page `workspaces` (a queryset sliced by
     the caller), in a fixed number of queries: the page, and the queue positions of its pending jobs.
 
     `plain` instead, for a list without a search query: (key, caller's id, the page's queryset
     builder), where key says all that shapes the query but the caller's id (see _PLAIN_SQL)."""
     rows = _rows(workspaces, plain)
     uuid_text, time_text, time_value = _formatters()
+    memo: dict[Any, str] = {}  # a page repeats its owner, template, organization... ids
+
+    def uuid_text(value: Any, raw: Callable[[Any], str | None] = uuid_text) -> str:
+        found = memo.get(value)
+        if found is None:
+            text = raw(value)
+            found = memo[value] = "null" if text is None else f'"{text}"'
+        return found
+
+    def time_text(value: Any, raw: Callable[[Any], str | None] = time_text) -> str:
+        if value is None:
+            return "null"
+        return f'"{raw(value)}"'
+
     n = len(_COLUMNS)
 
     # Job statuses first: the pending ones need their queue positions, one query for all.
@@ -240,14 +356,19 @@ def workspace_list(
         statuses.append(str(status))
     queue = queue_positions_for(pending)
 
+    q = encode_basestring_ascii  # a str as json.dumps writes it (ensure_ascii)
     listed = []
     for row, status in zip(rows, statuses, strict=True):
         ws_id = uuid_text(row[0])
         owner_id = uuid_text(row[3])
+        owner_name = q(row[4])
         template_id = uuid_text(row[7])
+        template_name = q(row[8])
+        template_display_name = q(row[9])
+        ws_name = q(row[11])
         active_version = row[10]
         created = time_text(row[1])
-        build = None
+        build = "null"
         if status is not None:
             job_id = row[22]
             position, size = queue.get(job_id, (0, 0))
@@ -255,95 +376,65 @@ def workspace_list(
             job_type = row[33]
             build_created = time_text(row[14])
             transition = row[19]
-            build = {
+            build = _BUILD % {
                 "id": uuid_text(row[13]),
                 "created_at": build_created,
                 "updated_at": time_text(row[15]),
                 "workspace_id": ws_id,
-                "workspace_name": row[11],
+                "workspace_name": ws_name,
                 "workspace_owner_id": owner_id,
-                "workspace_owner_name": row[4],
-                "workspace_owner_avatar_url": "",
+                "workspace_owner_name": owner_name,
                 "template_version_id": uuid_text(row[16]),
-                "template_version_name": row[17],
-                "build_number": row[18],
-                "transition": transition,
+                "template_version_name": q(row[17]),
+                "build_number": int.__repr__(row[18]),
+                "transition": q(transition),
                 "initiator_id": _ZERO if row[20] is None else uuid_text(row[20]),
-                "initiator_name": "" if row[20] is None else row[21],
-                "job": {
-                    "id": uuid_text(job_id),
-                    "created_at": time_text(row[23]),
-                    "started_at": time_text(row[24]),
-                    "completed_at": time_text(row[25]),
-                    "canceled_at": time_text(row[26]),
-                    "error": row[28],
-                    "error_code": "",
-                    "status": status,
-                    "worker_id": uuid_text(row[29]),
-                    "worker_name": "" if row[29] is None else row[30],
-                    "file_id": _ZERO,
-                    "tags": DEFAULT_JOB_TAGS,
-                    "queue_position": position,
-                    "queue_size": size,
-                    "organization_id": uuid_text(row[31]),
-                    "initiator_id": _ZERO if row[32] is None else uuid_text(row[32]),
-                    "input": {"template_version_id": in_tv, "workspace_build_id": in_build, "error": ""},
-                    "type": job_type,
-                    "metadata": {
-                        "template_version_name": "" if in_tv_name is None else in_tv_name,
-                        "template_id": template_id,
-                        "template_name": row[8],
-                        "template_display_name": row[9],
-                        "template_icon": "",
-                        "workspace_id": in_ws if job_type == JobType.WORKSPACE_BUILD else None,
-                        "workspace_name": "" if in_ws_name is None else in_ws_name,
-                    },
-                    "logs_overflowed": False,
-                },
-                "reason": "initiator",
-                "resources": [],
-                "deadline": None,
-                "max_deadline": None,
-                "status": _workspace_status(transition, status),
-                "daily_cost": 0,
-                "template_version_preset_id": None,
-                "has_ai_task": False,
+                "initiator_name": '""' if row[20] is None else q(row[21]),
+                "job_id": uuid_text(job_id),
+                "job_created_at": time_text(row[23]),
+                "job_started_at": time_text(row[24]),
+                "job_completed_at": time_text(row[25]),
+                "job_canceled_at": time_text(row[26]),
+                "job_error": q(row[28]),
+                "job_status": q(status),
+                "job_worker_id": uuid_text(row[29]),
+                "job_worker_name": '""' if row[29] is None else q(row[30]),
+                "job_queue_position": int.__repr__(position),
+                "job_queue_size": int.__repr__(size),
+                "job_organization_id": uuid_text(row[31]),
+                "job_initiator_id": _ZERO if row[32] is None else uuid_text(row[32]),
+                "job_input_template_version_id": "null" if in_tv is None else q(in_tv),
+                "job_input_workspace_build_id": "null" if in_build is None else q(in_build),
+                "job_type": q(job_type),
+                "job_template_version_name": '""' if in_tv_name is None else q(in_tv_name),
+                "job_template_id": template_id,
+                "job_template_name": template_name,
+                "job_template_display_name": template_display_name,
+                "job_workspace_id": q(in_ws)
+                if in_ws is not None and job_type == JobType.WORKSPACE_BUILD
+                else "null",
+                "job_workspace_name": '""' if in_ws_name is None else q(in_ws_name),
+                "status": q(_workspace_status(transition, status)),
             }
         listed.append(
-            {
+            _WORKSPACE
+            % {
                 "id": ws_id,
                 "created_at": created,
                 "updated_at": time_text(row[2]),
                 "owner_id": owner_id,
-                "owner_name": row[4],
-                "owner_avatar_url": "",
+                "owner_name": owner_name,
                 "organization_id": uuid_text(row[5]),
-                "organization_name": row[6],
+                "organization_name": q(row[6]),
                 "template_id": template_id,
-                "template_name": row[8],
-                "template_display_name": row[9],
-                "template_icon": "",
-                "template_allow_user_cancel_workspace_jobs": True,
+                "template_name": template_name,
+                "template_display_name": template_display_name,
                 "template_active_version_id": _ZERO if active_version is None else uuid_text(active_version),
-                "template_require_active_version": True,
-                "template_use_classic_parameter_flow": False,
                 "latest_build": build,
-                "latest_app_status": None,
-                "outdated": build is not None and row[16] != active_version,
-                "name": row[11],
-                "autostart_schedule": None,
-                "ttl_ms": None,
-                "last_used_at": created if build is None else build["created_at"],
-                "deleting_at": None,
-                "dormant_at": None,
-                "health": {"healthy": True, "failing_agents": []},
-                "automatic_updates": "always",
-                "allow_renames": False,
-                "favorite": False,
-                "next_start_at": None,
-                "is_prebuild": False,
-                "task_id": None,
-                "deleted": bool(row[12]),
+                "outdated": "true" if status is not None and row[16] != active_version else "false",
+                "name": ws_name,
+                "last_used_at": created if status is None else build_created,
+                "deleted": "true" if row[12] else "false",
             }
         )
     return listed
