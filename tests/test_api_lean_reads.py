@@ -193,6 +193,10 @@ def test_it_lists_workspaces_with_the_bytes_model_instances_gave(
     ProvisionerJob.objects.filter(pk=states[3].latest_build.job_id).update(
         created_at=long_ago.replace(microsecond=0), completed_at=long_ago.replace(microsecond=500)
     )
+    # A job whose input lacks what the list shows of it, and one with non-ASCII names in it.
+    ProvisionerJob.objects.filter(pk=states[1].latest_build.job_id).update(input={})
+    job = ProvisionerJob.objects.get(pk=states[0].latest_build.job_id)
+    ProvisionerJob.objects.filter(pk=job.pk).update(input={**job.input, "workspace_name": "été ☃"})
     WorkspaceBuild.objects.filter(pk=states[4].latest_build_id).update(initiator=None)
     ProvisionerJob.objects.filter(pk=states[4].latest_build.job_id).update(initiator=None)
     workspace_for(owner, name="theirs")

@@ -25,8 +25,7 @@ from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from django.db import connection
-from django.db.models import F, QuerySet, TextField
-from django.db.models.fields.json import KeyTextTransform
+from django.db.models import F, Func, QuerySet, TextField
 from django.db.models.functions import Cast
 
 from coderd.fastjson import datetime_text
@@ -78,7 +77,7 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     (_J + "type", ""),
 )
 # What job_json reads from the job's input (a build's input also carries its template's source,
-# which need not be read at all).
+# which need not be read at all), in one JSON array per row (_InputKeys).
 _INPUT_KEYS = (
     "template_version_id",
     "workspace_build_id",
@@ -132,6 +131,31 @@ def _formatters() -> tuple[Callable[[Any], Any], Callable[[Any], Any], Callable[
     return _pg_uuid, _pg_datetime, _same
 
 
+class _InputKeys(Func):
+    """The job input's values of _INPUT_KEYS as one JSON array (null for a key it lacks): the input
+    parsed once by the database, not once per key (Django's key transforms parse it twice a key on
+    SQLite)."""
+
+    output_field = TextField()
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
+        column, params = compiler.compile(self.source_expressions[0])
+        paths = ", ".join(["%s"] * len(_INPUT_KEYS))
+        return f"JSON_EXTRACT({column}, {paths})", [*params, *(f'$."{k}"' for k in _INPUT_KEYS)]
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
+        column, params = compiler.compile(self.source_expressions[0])
+        keys = ", ".join([f"{column} -> %s"] * len(_INPUT_KEYS))
+        return f"jsonb_build_array({keys})::text", [p for k in _INPUT_KEYS for p in (*params, k)]
+
+
+def _input_value(value: Any) -> str:
+    """A value of the input as the encoder writes it (our writers store strings)."""
+    if type(value) is str:
+        return encode_basestring_ascii(value)
+    return json.dumps(value)
+
+
 def _select(workspaces: QuerySet) -> QuerySet:
     """The page's columns, in _COLUMNS order then _INPUT_KEYS."""
     sqlite = connection.vendor == "sqlite"
@@ -143,9 +167,8 @@ def _select(workspaces: QuerySet) -> QuerySet:
             names.append(f"_c{i}")
         else:
             names.append(path)
-    for i, key in enumerate(_INPUT_KEYS):
-        exprs[f"_in{i}"] = KeyTextTransform(key, _J + "input")
-        names.append(f"_in{i}")
+    exprs["_input"] = _InputKeys(F(_J + "input"))
+    names.append("_input")
     return workspaces.annotate(**exprs).values_list(*names)
 
 
@@ -372,7 +395,7 @@ def workspace_list(
         if status is not None:
             job_id = row[22]
             position, size = queue.get(job_id, (0, 0))
-            in_tv, in_build, in_tv_name, in_ws, in_ws_name = row[n:]
+            in_tv, in_build, in_tv_name, in_ws, in_ws_name = map(_input_value, json.loads(row[n]))
             job_type = row[33]
             build_created = time_text(row[14])
             transition = row[19]
@@ -403,17 +426,15 @@ def workspace_list(
                 "job_queue_size": int.__repr__(size),
                 "job_organization_id": uuid_text(row[31]),
                 "job_initiator_id": _ZERO if row[32] is None else uuid_text(row[32]),
-                "job_input_template_version_id": "null" if in_tv is None else q(in_tv),
-                "job_input_workspace_build_id": "null" if in_build is None else q(in_build),
+                "job_input_template_version_id": in_tv,
+                "job_input_workspace_build_id": in_build,
                 "job_type": q(job_type),
-                "job_template_version_name": '""' if in_tv_name is None else q(in_tv_name),
+                "job_template_version_name": '""' if in_tv_name == "null" else in_tv_name,
                 "job_template_id": template_id,
                 "job_template_name": template_name,
                 "job_template_display_name": template_display_name,
-                "job_workspace_id": q(in_ws)
-                if in_ws is not None and job_type == JobType.WORKSPACE_BUILD
-                else "null",
-                "job_workspace_name": '""' if in_ws_name is None else q(in_ws_name),
+                "job_workspace_id": in_ws if job_type == JobType.WORKSPACE_BUILD else "null",
+                "job_workspace_name": '""' if in_ws_name == "null" else in_ws_name,
                 "status": q(_workspace_status(transition, status)),
             }
         listed.append(
