@@ -87,37 +87,40 @@ _INPUT_KEYS = (
 )
 
 
-def _sqlite_uuid(value: Any) -> str | None:
+# Each returns the value's JSON text: quoted, or null.
+
+
+def _sqlite_uuid(value: Any) -> str:
     if value is None:
-        return None
+        return "null"
     if type(value) is str and len(value) == 32:
         value = value.lower()
-        return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
-    return str(connection.ops.convert_uuidfield_value(value, None, connection))
+        return f'"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"'
+    return f'"{connection.ops.convert_uuidfield_value(value, None, connection)}"'
 
 
-def _sqlite_datetime(value: Any) -> str | None:
+def _sqlite_datetime(value: Any) -> str:
     # Django writes str(datetime) of the UTC time: the fraction only when there are microseconds.
     if value is None:
-        return None
+        return "null"
     if type(value) is str and value[10:11] == " ":
         if len(value) == 19:
-            return f"{value[:10]}T{value[11:]}Z"
+            return f'"{value[:10]}T{value[11:]}Z"'
         if len(value) == 26 and value[19] == "." and value[20:] != "000000":
-            return f"{value[:10]}T{value[11:23]}Z"
-    return datetime_text(_sqlite_datetime_value(value))
+            return f'"{value[:10]}T{value[11:23]}Z"'
+    return f'"{datetime_text(_sqlite_datetime_value(value))}"'
 
 
 def _sqlite_datetime_value(value: Any) -> datetime | None:
     return connection.ops.convert_datetimefield_value(value, None, connection)
 
 
-def _pg_uuid(value: Any) -> str | None:
-    return None if value is None else str(value)
+def _pg_uuid(value: Any) -> str:
+    return "null" if value is None else f'"{value}"'
 
 
-def _pg_datetime(value: Any) -> str | None:
-    return None if value is None else datetime_text(value)
+def _pg_datetime(value: Any) -> str:
+    return "null" if value is None else f'"{datetime_text(value)}"'
 
 
 def _same(value: Any) -> Any:
@@ -125,7 +128,7 @@ def _same(value: Any) -> Any:
 
 
 def _formatters() -> tuple[Callable[[Any], Any], Callable[[Any], Any], Callable[[Any], datetime | None]]:
-    """(UUID, datetime as text, datetime as a value) for this connection's raw values."""
+    """(UUID as JSON, datetime as JSON, datetime as a value) for this connection's raw values."""
     if connection.vendor == "sqlite":
         return _sqlite_uuid, _sqlite_datetime, _sqlite_datetime_value
     return _pg_uuid, _pg_datetime, _same
@@ -327,8 +330,8 @@ def workspace_list(
     now: datetime,
     plain: tuple[tuple[Any, ...], Any, Callable[[], QuerySet]] | None = None,
 ) -> list[str]:
-    """`[json.dumps(workspace_json(w, queue, now)) for w in page]` (each as ninja's encoder writes it) for the page `workspaces` (a queryset sliced by
-    the caller), in a fixed number of queries: the page, and the queue positions of its pending jobs.
+    """`[json.dumps(workspace_json(w, queue, now), cls=fastjson.Encoder) for w in page]` for the page
+    `workspaces` (a queryset sliced by the caller), in a fixed number of queries: the page, and the queue positions of its pending jobs.
 
     `plain` instead, for a list without a search query: (key, caller's id, the page's queryset
     builder), where key says all that shapes the query but the caller's id (see _PLAIN_SQL)."""
@@ -336,17 +339,11 @@ def workspace_list(
     uuid_text, time_text, time_value = _formatters()
     memo: dict[Any, str] = {}  # a page repeats its owner, template, organization... ids
 
-    def uuid_text(value: Any, raw: Callable[[Any], str | None] = uuid_text) -> str:
+    def uuid_text(value: Any, raw: Callable[[Any], str] = uuid_text) -> str:
         found = memo.get(value)
         if found is None:
-            text = raw(value)
-            found = memo[value] = "null" if text is None else f'"{text}"'
+            found = memo[value] = raw(value)
         return found
-
-    def time_text(value: Any, raw: Callable[[Any], str | None] = time_text) -> str:
-        if value is None:
-            return "null"
-        return f'"{raw(value)}"'
 
     n = len(_COLUMNS)
 
