@@ -180,6 +180,9 @@ def scraped_server(tmp_path_factory, prometheus_bin):
         prom = Prometheus(prometheus_bin, [f"127.0.0.1:{metrics_port}"], rule_files=(RULES,))
         try:
             api = Api(f"http://127.0.0.1:{http_port}")
+            # Traffic after the first scrape: a counter whose every increment came before it has no
+            # rate (its histogram_quantile is NaN), as the job queue wait's did on a slow machine.
+            prom.wait_value('count(up{job="coderd"} == 1)', 1)
             serve_traffic(api)
             yield api, prom
         finally:
