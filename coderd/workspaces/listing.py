@@ -1,18 +1,23 @@
-"""The workspace list read as plain rows: the bytes `workspace_json` gives, without model instances.
+"""The workspace list read as plain rows: the bytes `workspace_json` + ninja's encoder give, without
+model instances or dicts.
 
-A page of 50 workspaces spent ~75 % of its time in the ORM building ~20,000 model instances' worth of
-objects from the joined rows and converting ~2,250 UUIDs and ~1,150 datetimes, and most of the rest
-in the JSON encoder calling back into Python for each of them. Here the ORM still builds the query
-(the caller's filters, roles, order and page are the queryset `_filter_workspaces` makes), but its
-rows are read through the cursor as they come and each value is written once, straight into the
-text the response carries:
+A page of 50 workspaces spent ~75 % of its time in the ORM building ~400 model instances from the
+joined rows and converting ~2,250 UUIDs and ~1,150 datetimes, and most of the rest in the JSON
+encoder calling back into Python for each of them. Here the ORM still builds the query (the caller's
+filters, roles, order and page are the queryset `_filter_workspaces` makes; for a list without a
+search query its SQL is built once per shape and kept), its rows are read through the cursor as they
+come, and each value is written once, as JSON text, into a template made once from the response's
+shape (`_WORKSPACE`, `_BUILD`: json.dumps of the shape, so the separators and constants are the
+encoder's own):
 - on SQLite a UUID is stored as 32 hex digits and a datetime as `YYYY-MM-DD HH:MM:SS[.ffffff]` UTC
   text (the datetimes are selected as text, so that sqlite3 does not parse them): both are rewritten
-  by slicing into what DjangoJSONEncoder writes (`xxxxxxxx-xxxx-...`, `YYYY-MM-DDTHH:MM:SS[.mmm]Z`);
+  by slicing into what DjangoJSONEncoder writes (`"xxxxxxxx-xxxx-..."`, `"YYYY-MM-DDTHH:MM:SS[.mmm]Z"`);
   a value in any other shape goes through the ORM's own converter and the encoder's rule;
 - on PostgreSQL psycopg's UUID and datetime objects are written by the same rule (`fastjson`);
-so the encoder sees only strings, numbers, booleans and None. The dict of each workspace is the one
-`workspace_json` builds, key for key: tests/test_api_lean_reads.py compares the two for every state.
+- strings go through the encoder's own C escaping (`encode_basestring_ascii`).
+tests/test_api_lean_reads.py compares the bytes with workspace_json over model instances, for every
+state, filter and page, on SQLite and PostgreSQL. One difference by design: a job input holding JSON
+null for a name (our writers never store one) is listed as "" rather than null.
 """
 
 from __future__ import annotations
