@@ -121,15 +121,13 @@ def _created_rows() -> list[tuple[str, str, str, int]]:
 def _latest_build_rows(now: datetime) -> tuple[list[tuple], dict[str, int]]:
     from django.db import connection, transaction
 
+    fold_gauge_changes()
     sql, params = latest_build_sql(now)
     postgres = connection.vendor == "postgresql"
     with transaction.atomic() if postgres else contextlib.nullcontext(), connection.cursor() as cursor:
-        if postgres:
-            # The default 4 MB spills the grouping of ~100,000 rows to disk.
-            cursor.execute("SET LOCAL work_mem = '64MB'")
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    # One pass over ~50,000 rows, the latest-build totals summed on the way. The two halves of the
+    # One pass over the counts, the latest-build totals summed on the way. The two halves of the
     # query can both have a "failed" row for one label set (a job that failed, and a stale
     # heartbeat): add those up; any other row is unique.
     per_template, failed = [], {}
@@ -145,29 +143,68 @@ def _latest_build_rows(now: datetime) -> tuple[list[tuple], dict[str, int]]:
     return per_template, latest
 
 
+_FOLD_LOCK = 0x636F646572  # pg_advisory_xact_lock key: one folder at a time, across replicas
+
+
+def fold_gauge_changes() -> None:
+    """Adds the label-set changes the workspace triggers appended (workspaces 0004) to the counts,
+    deletes them, and deletes the label sets left at 0: all in one transaction.
+
+    Builds only append changes, so they never wait on each other; the folders are the only writers
+    of the counts, one at a time (SQLite's single writer; on PostgreSQL an advisory lock), and each
+    writes them in label order."""
+    from django.db import connection, transaction
+
+    from coderd.workspaces.models import WorkspaceGaugeChange, WorkspaceGaugeCount
+
+    q = connection.ops.quote_name
+    log, counts = q(WorkspaceGaugeChange._meta.db_table), q(WorkspaceGaugeCount._meta.db_table)
+    labels = "status, template_name, template_version, workspace_owner, workspace_transition"
+    upsert = f"ON CONFLICT ({labels}) DO UPDATE SET n = {counts}.n + excluded.n"
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_FOLD_LOCK])
+            # One statement, one snapshot: exactly the changes deleted are added, whatever
+            # commits meanwhile (ids of a sequence commit out of order, so no "up to id N").
+            cursor.execute(
+                f"WITH d AS (DELETE FROM {log} RETURNING {labels}, delta)"
+                f" INSERT INTO {counts} ({labels}, n) SELECT {labels}, SUM(delta) FROM d"
+                f" GROUP BY {labels} ORDER BY {labels} {upsert}"
+            )
+        else:
+            # The INSERT takes SQLite's write lock before it reads: no change can be appended
+            # between it and the DELETE. (WHERE true: SQLite's parser needs it before ON CONFLICT.)
+            cursor.execute(
+                f"INSERT INTO {counts} ({labels}, n) SELECT {labels}, SUM(delta) FROM {log} WHERE true"
+                f" GROUP BY {labels} ORDER BY {labels} {upsert}"
+            )
+            cursor.execute(f"DELETE FROM {log}")
+        cursor.execute(f"DELETE FROM {counts} WHERE n = 0")
+
+
 def latest_build_sql(now: datetime) -> tuple[str, list]:
     """Live workspaces counted by (status, template, version, owner, transition).
 
-    Reads the copies on the workspace row (`Workspace.latest_job_state`, the names and friends, kept
-    by triggers) in the order of the `workspace_latest_build_gauge` index, so the grouping streams
-    over one index: no join, no sort. Only a running job needs more: its heartbeat, looked up for
-    those few rows, makes it "failed" when stale (`HEARTBEAT_STALE_AFTER`)."""
+    Every status but running is read as counted (`WorkspaceGaugeCount`, folded first by
+    `fold_gauge_changes`): one row per label set, no grouping of the workspaces. A running job
+    needs more: its heartbeat, looked up for those few workspaces (a partial index), makes it
+    "failed" when stale (`HEARTBEAT_STALE_AFTER`)."""
     from django.db import connection
 
-    from coderd.workspaces.models import Workspace, WorkspaceBuild
+    from coderd.workspaces.models import Workspace, WorkspaceBuild, WorkspaceGaugeCount
     from provisioner.models import HEARTBEAT_STALE_AFTER, ProvisionerJob
 
     q = connection.ops.quote_name
     w, b, j = (q(m._meta.db_table) for m in (Workspace, WorkspaceBuild, ProvisionerJob))
+    counts = q(WorkspaceGaugeCount._meta.db_table)
     labels = "template_name, latest_version_name, owner_username, latest_transition"
     # SQLite, without statistics, would rather scan all of the covering index than take the small
     # partial one of running jobs: 4 times slower.
     running = f"{w} INDEXED BY workspace_latest_job_running" if connection.vendor == "sqlite" else w
     heartbeat = f"(SELECT updated_at FROM {j} WHERE id = (SELECT job_id FROM {b} WHERE id = latest_build_id))"
     sql = (
-        f"SELECT latest_job_state, {labels}, COUNT(*) FROM {w}"
-        f" WHERE NOT deleted AND latest_job_state IS NOT NULL AND latest_job_state <> 'running'"
-        f" GROUP BY {labels}, latest_job_state"
+        f"SELECT status, template_name, template_version, workspace_owner, workspace_transition, n"
+        f" FROM {counts} WHERE status <> 'running'"
         f" UNION ALL"
         f" SELECT CASE WHEN {heartbeat} < %s THEN 'failed' ELSE 'running' END, {labels}, COUNT(*)"
         f" FROM {running} WHERE NOT deleted AND latest_job_state = 'running' GROUP BY 1, 2, 3, 4, 5"

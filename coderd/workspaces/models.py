@@ -160,3 +160,52 @@ class WorkspaceBuild(models.Model):
 
     def __str__(self) -> str:
         return f"{self.workspace} #{self.build_number} {self.transition}"
+
+
+class WorkspaceGaugeChange(models.Model):
+    """One live workspace entering (+1) or leaving (-1) a label set of
+    `coderd_workspace_latest_build_status`, appended by a database trigger (migration workspaces
+    0004) whenever a workspace's copies change. Appends only: concurrent builds never wait on each
+    other here. The metrics' refresh folds these rows into `WorkspaceGaugeCount` and deletes them."""
+
+    id = models.BigAutoField(primary_key=True)
+    status = models.CharField(max_length=10)
+    template_name = models.CharField(max_length=64)
+    template_version = models.CharField(max_length=64)
+    workspace_owner = models.CharField(max_length=64)
+    workspace_transition = models.CharField(max_length=8)
+    delta = models.SmallIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.template_name} {self.workspace_owner} {self.delta:+d}"
+
+
+class WorkspaceGaugeCount(models.Model):
+    """Live workspaces per label set, as of the last fold: thousands of rows to read at a refresh
+    instead of grouping every workspace. Written only by `metrics.database.fold_gauge_changes`,
+    under a lock; a label set whose count falls to 0 is deleted."""
+
+    id = models.BigAutoField(primary_key=True)
+    status = models.CharField(max_length=10)
+    template_name = models.CharField(max_length=64)
+    template_version = models.CharField(max_length=64)
+    workspace_owner = models.CharField(max_length=64)
+    workspace_transition = models.CharField(max_length=8)
+    n = models.IntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "status",
+                    "template_name",
+                    "template_version",
+                    "workspace_owner",
+                    "workspace_transition",
+                ],
+                name="workspace_gauge_count_labels",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.template_name} {self.workspace_owner}: {self.n}"
