@@ -119,27 +119,40 @@ def _created_rows() -> list[tuple[str, str, str, int]]:
 
 
 def _latest_build_rows(now: datetime) -> tuple[list[tuple], dict[str, int]]:
-    from django.db import connection, transaction
+    from django.db import connection
 
     fold_gauge_changes()
     sql, params = latest_build_sql(now)
-    postgres = connection.vendor == "postgresql"
-    with transaction.atomic() if postgres else contextlib.nullcontext(), connection.cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    # One pass over the counts, the latest-build totals summed on the way. The two halves of the
-    # query can both have a "failed" row for one label set (a job that failed, and a stale
-    # heartbeat): add those up; any other row is unique.
-    per_template, failed = [], {}
+    # One pass over the counts, the latest-build totals summed on the way; then the running jobs
+    # whose heartbeat is stale move from "running" to "failed" (Coder's status rule). The counts and
+    # the stale jobs are two reads: a job counted running in one and stale in the other is only
+    # moved as far as it was counted.
+    per_template, running, failed, stale = [], {}, {}, []
     latest = dict.fromkeys(JOB_STATUSES, 0)
     for row in rows:
         status = row[0]
+        if status == "stale":
+            stale.append(row)
+            continue
         latest[status] += row[5]
-        if status == "failed":
-            failed[row[:5]] = failed.get(row[:5], 0) + row[5]
+        if status == "running":
+            running[row[1:5]] = row[5]
+        elif status == "failed":
+            failed[row[1:5]] = row[5]
         else:
             per_template.append(row)
-    per_template.extend((*labels, n) for labels, n in failed.items())
+    for row in stale:
+        labels = row[1:5]
+        n = min(row[5], running.get(labels, 0))
+        running[labels] = running.get(labels, 0) - n
+        failed[labels] = failed.get(labels, 0) + n
+        latest["running"] -= n
+        latest["failed"] += n
+    per_template.extend(("running", *labels, n) for labels, n in running.items() if n)
+    per_template.extend(("failed", *labels, n) for labels, n in failed.items() if n)
     return per_template, latest
 
 
@@ -183,12 +196,13 @@ def fold_gauge_changes() -> None:
 
 
 def latest_build_sql(now: datetime) -> tuple[str, list]:
-    """Live workspaces counted by (status, template, version, owner, transition).
+    """Live workspaces counted by (status, template, version, owner, transition), and the running
+    jobs whose heartbeat is stale, as "stale" rows by the same labels.
 
-    Every status but running is read as counted (`WorkspaceGaugeCount`, folded first by
-    `fold_gauge_changes`): one row per label set, no grouping of the workspaces. A running job
-    needs more: its heartbeat, looked up for those few workspaces (a partial index), makes it
-    "failed" when stale (`HEARTBEAT_STALE_AFTER`)."""
+    The counts are read as kept (`WorkspaceGaugeCount`, folded first by `fold_gauge_changes`): one
+    row per label set, no grouping of the workspaces. The stale jobs come from the reaper's index of
+    running jobs by heartbeat: few, since the reaper fails them once stale
+    (`HEARTBEAT_STALE_AFTER`)."""
     from django.db import connection
 
     from coderd.workspaces.models import Workspace, WorkspaceBuild, WorkspaceGaugeCount
@@ -197,17 +211,19 @@ def latest_build_sql(now: datetime) -> tuple[str, list]:
     q = connection.ops.quote_name
     w, b, j = (q(m._meta.db_table) for m in (Workspace, WorkspaceBuild, ProvisionerJob))
     counts = q(WorkspaceGaugeCount._meta.db_table)
-    labels = "template_name, latest_version_name, owner_username, latest_transition"
-    # SQLite, without statistics, would rather scan all of the covering index than take the small
-    # partial one of running jobs: 4 times slower.
-    running = f"{w} INDEXED BY workspace_latest_job_running" if connection.vendor == "sqlite" else w
-    heartbeat = f"(SELECT updated_at FROM {j} WHERE id = (SELECT job_id FROM {b} WHERE id = latest_build_id))"
+    labels = "w.template_name, w.latest_version_name, w.owner_username, w.latest_transition"
+    # SQLite, without statistics, may not pick the small partial indexes by itself.
+    sqlite = connection.vendor == "sqlite"
+    jobs = f"{j} j INDEXED BY provisionerjob_running" if sqlite else f"{j} j"
+    running = f"{w} w INDEXED BY workspace_latest_job_running" if sqlite else f"{w} w"
     sql = (
         f"SELECT status, template_name, template_version, workspace_owner, workspace_transition, n"
-        f" FROM {counts} WHERE status <> 'running'"
+        f" FROM {counts}"
         f" UNION ALL"
-        f" SELECT CASE WHEN {heartbeat} < %s THEN 'failed' ELSE 'running' END, {labels}, COUNT(*)"
-        f" FROM {running} WHERE NOT deleted AND latest_job_state = 'running' GROUP BY 1, 2, 3, 4, 5"
+        f" SELECT 'stale', {labels}, COUNT(*) FROM {jobs} JOIN {b} b ON b.job_id = j.id"
+        f" JOIN {running} ON w.latest_build_id = b.id AND NOT w.deleted AND w.latest_job_state = 'running'"
+        f" WHERE j.started_at IS NOT NULL AND j.completed_at IS NULL AND j.updated_at < %s"
+        f" GROUP BY {labels}"
     )
     stale = connection.ops.adapt_datetimefield_value(now - HEARTBEAT_STALE_AFTER)
     return sql, [stale]
