@@ -121,29 +121,43 @@ def _created_rows() -> list[tuple[str, str, str, int]]:
 def _latest_build_rows(now: datetime) -> tuple[list[tuple], dict[str, int]]:
     from django.db import connection
 
-    fold_gauge_changes()
     sql, params = latest_build_sql(now)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    # One pass over the counts, the latest-build totals summed on the way; then the running jobs
-    # whose heartbeat is stale move from "running" to "failed" (Coder's status rule). The counts and
-    # the stale jobs are two reads: a job counted running in one and stale in the other is only
-    # moved as far as it was counted.
-    per_template, running, failed, stale = [], {}, {}, []
+    # One pass over the counts, the latest-build totals summed on the way; then the changes not yet
+    # folded added (few: the reaper folds every pass); then the running jobs whose heartbeat is
+    # stale moved from "running" to "failed" (Coder's status rule), only as far as they were
+    # counted running.
+    per_template, running, failed, changes, stale = [], {}, {}, {}, []
     latest = dict.fromkeys(JOB_STATUSES, 0)
     for row in rows:
         status = row[0]
-        if status == "stale":
-            stale.append(row)
-            continue
-        latest[status] += row[5]
         if status == "running":
             running[row[1:5]] = row[5]
         elif status == "failed":
             failed[row[1:5]] = row[5]
+        elif status == "stale":
+            stale.append(row)
+            continue
+        elif status[0] == "+":
+            changes[(status[1:], *row[1:5])] = row[5]
+            continue
         else:
             per_template.append(row)
+        latest[status] += row[5]
+    if changes:
+        for (status, *labels), n in changes.items():
+            latest[status] += n
+            if status == "running":
+                running[tuple(labels)] = running.get(tuple(labels), 0) + n
+            elif status == "failed":
+                failed[tuple(labels)] = failed.get(tuple(labels), 0) + n
+        others = {k: n for k, n in changes.items() if k[0] not in ("running", "failed")}
+        if others:
+            per_template = [(*row[:5], row[5] + others.pop(row[:5], 0)) for row in per_template]
+            per_template.extend((*k, n) for k, n in others.items())
+            per_template = [row for row in per_template if row[5] > 0]
     for row in stale:
         labels = row[1:5]
         n = min(row[5], running.get(labels, 0))
@@ -151,8 +165,8 @@ def _latest_build_rows(now: datetime) -> tuple[list[tuple], dict[str, int]]:
         failed[labels] = failed.get(labels, 0) + n
         latest["running"] -= n
         latest["failed"] += n
-    per_template.extend(("running", *labels, n) for labels, n in running.items() if n)
-    per_template.extend(("failed", *labels, n) for labels, n in failed.items() if n)
+    per_template.extend(("running", *labels, n) for labels, n in running.items() if n > 0)
+    per_template.extend(("failed", *labels, n) for labels, n in failed.items() if n > 0)
     return per_template, latest
 
 
@@ -196,21 +210,24 @@ def fold_gauge_changes() -> None:
 
 
 def latest_build_sql(now: datetime) -> tuple[str, list]:
-    """Live workspaces counted by (status, template, version, owner, transition), and the running
-    jobs whose heartbeat is stale, as "stale" rows by the same labels.
+    """Live workspaces counted by (status, template, version, owner, transition); the changes not
+    yet folded into the counts, as "+status" rows; and the running jobs whose heartbeat is stale, as
+    "stale" rows by the same labels. One statement: one snapshot, so a change is either folded or
+    pending, never both.
 
-    The counts are read as kept (`WorkspaceGaugeCount`, folded first by `fold_gauge_changes`): one
-    row per label set, no grouping of the workspaces. The stale jobs come from the reaper's index of
+    The counts are read as kept (`WorkspaceGaugeCount`): one row per label set, no grouping of the
+    workspaces; the refresh never writes (the reaper folds). The stale jobs come from the reaper's index of
     running jobs by heartbeat: few, since the reaper fails them once stale
     (`HEARTBEAT_STALE_AFTER`)."""
     from django.db import connection
 
-    from coderd.workspaces.models import Workspace, WorkspaceBuild, WorkspaceGaugeCount
+    from coderd.workspaces.models import Workspace, WorkspaceBuild, WorkspaceGaugeChange, WorkspaceGaugeCount
     from provisioner.models import HEARTBEAT_STALE_AFTER, ProvisionerJob
 
     q = connection.ops.quote_name
     w, b, j = (q(m._meta.db_table) for m in (Workspace, WorkspaceBuild, ProvisionerJob))
     counts = q(WorkspaceGaugeCount._meta.db_table)
+    log = q(WorkspaceGaugeChange._meta.db_table)
     labels = "w.template_name, w.latest_version_name, w.owner_username, w.latest_transition"
     # SQLite, without statistics, may not pick the small partial indexes by itself.
     sqlite = connection.vendor == "sqlite"
@@ -219,6 +236,9 @@ def latest_build_sql(now: datetime) -> tuple[str, list]:
     sql = (
         f"SELECT status, template_name, template_version, workspace_owner, workspace_transition, n"
         f" FROM {counts}"
+        f" UNION ALL"
+        f" SELECT '+' || status, template_name, template_version, workspace_owner, workspace_transition,"
+        f" SUM(delta) FROM {log} GROUP BY 1, 2, 3, 4, 5"
         f" UNION ALL"
         f" SELECT 'stale', {labels}, COUNT(*) FROM {jobs} JOIN {b} b ON b.job_id = j.id"
         f" JOIN {running} ON w.latest_build_id = b.id AND NOT w.deleted AND w.latest_job_state = 'running'"

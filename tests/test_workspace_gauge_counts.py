@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from django.db.models import Count
@@ -16,7 +17,7 @@ from django.utils import timezone
 from coderd.users.models import User
 from coderd.workspaces.models import Template, TemplateVersion, Workspace, WorkspaceGaugeCount
 from coderd.workspaces.services import cancel_build, create_build
-from metrics.database import fold_gauge_changes
+from metrics.database import fold_gauge_changes, query_counts
 from provisioner.models import ProvisionerJob
 from tests.fixtures import finish_job, make_echo_template, make_user, make_workspace
 from tests.test_api_races import race
@@ -45,6 +46,12 @@ def folded() -> Counter:
     counts = Counter({tuple(r[:5]): r[5] for r in rows})
     assert all(n > 0 for n in counts.values())  # no label set left at 0
     return counts
+
+
+def refreshed() -> Counter:
+    """What a refresh counts (no fold: only the reaper folds), running jobs judged fresh."""
+    counts = query_counts(timezone.now() - timedelta(days=1))
+    return Counter({tuple(row[:5]): row[5] for row in counts.per_template})
 
 
 @pytest.fixture
@@ -96,6 +103,9 @@ def test_it_equals_a_recount_through_random_builds_deletions_and_renames(owner, 
                 Template.objects.filter(pk=ready_template.pk).update(name=f"tpl{step}")
             else:
                 TemplateVersion.objects.filter(template=ready_template).update(name=f"v{step}")
+        if step % 5 == 0:
+            # The refresh between folds: the counts plus the changes not folded yet.
+            assert refreshed() == recount()
         if step % 7 == 0:
             assert folded() == recount()
     expected = recount()

@@ -166,7 +166,8 @@ class WorkspaceGaugeChange(models.Model):
     """One live workspace entering (+1) or leaving (-1) a label set of
     `coderd_workspace_latest_build_status`, appended by a database trigger (migration workspaces
     0004) whenever a workspace's copies change. Appends only: concurrent builds never wait on each
-    other here. The metrics' refresh folds these rows into `WorkspaceGaugeCount` and deletes them."""
+    other here. Each reaper pass folds these rows into `WorkspaceGaugeCount` and deletes them; the
+    metrics' refresh reads the counts and adds the rows not folded yet."""
 
     id = models.BigAutoField(primary_key=True)
     status = models.CharField(max_length=10)

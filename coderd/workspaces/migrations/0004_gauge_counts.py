@@ -7,8 +7,9 @@ workspace.
 A trigger on the workspace row appends (labels, -1) for the label set it leaves and (labels, +1)
 for the one it enters whenever its copies or `deleted` change (every writer goes through the
 copies' triggers, so every writer is seen). Appends only: two concurrent builds never lock a shared
-counter row, so there is no lock order between them to get wrong. The refresh folds the appended
-rows into the counts (metrics.database.fold_gauge_changes), one folder at a time.
+counter row, so there is no lock order between them to get wrong. Each reaper pass folds the appended
+rows into the counts (metrics.database.fold_gauge_changes), one folder at a time; the metrics'
+refresh reads the counts plus the rows not folded yet, and never writes.
 
 A workspace row deleted outright is not logged: coderd only soft-deletes workspaces, and the test
 suite's flush (DELETE FROM every table, in no set order) must not leave -1 rows behind.
