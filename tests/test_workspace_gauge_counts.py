@@ -165,3 +165,32 @@ def test_it_folds_at_each_reaper_pass_with_metrics_off_too(owner, ready_template
     assert list(WorkspaceGaugeCount.objects.values_list("status", "workspace_owner", "n")) == [
         ("pending", "owner", 1)
     ]
+
+
+def test_it_fills_the_counts_from_the_workspaces_already_there(owner, ready_template):
+    # What migrating an existing database does (workspaces 0004's FILL), on counts emptied first.
+    import importlib
+
+    from django.db import connection
+
+    from coderd.workspaces.models import WorkspaceGaugeChange
+
+    migration = importlib.import_module("coderd.workspaces.migrations.0004_gauge_counts")
+    for name in ("a", "b", "c"):
+        make_workspace(owner, ready_template, name=name)
+    finish_job(Workspace.objects.get(name="a").latest_build.job)
+    Workspace.objects.filter(name="c").update(deleted=True)
+    WorkspaceGaugeChange.objects.all().delete()
+    WorkspaceGaugeCount.objects.all().delete()
+    with connection.cursor() as cursor:
+        cursor.execute(migration.FILL)
+    assert (
+        folded()
+        == recount()
+        == Counter(
+            {
+                ("succeeded", "tpl", "tpl-v1", "owner", "start"): 1,
+                ("pending", "tpl", "tpl-v1", "owner", "start"): 1,
+            }
+        )
+    )
