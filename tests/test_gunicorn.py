@@ -85,23 +85,30 @@ def test_it_spreads_requests_over_both_workers_and_one_scrape_adds_up(tmp_path, 
         # The database query metrics too: each worker adds its numbers to its file within a second,
         # and the scrape is their sum (every authenticated GET read the token at least).
         queries = "coderd_db_query_counts_total"
-        served = wait_for(
-            lambda: (got := total(server.scrape(), queries, method="GET")) >= sent and got,
-            10,
-            "the workers' query counts",
-        )
-        in_files = {
-            pid: sum(
-                s.value
-                for family in MultiProcessCollector.merge([str(multiproc / f"counter_{pid}.db")])
-                if family.name == "coderd_db_query_counts"
-                for s in family.samples
-                if s.labels["method"] == "GET"
+
+        def query_counts() -> tuple[float, dict[int, float]] | None:
+            # Each worker adds its numbers within a second of its own: wait for both, not for a
+            # total that one busy worker can reach alone.
+            in_files = {
+                pid: sum(
+                    s.value
+                    for family in MultiProcessCollector.merge([str(multiproc / f"counter_{pid}.db")])
+                    if family.name == "coderd_db_query_counts"
+                    for s in family.samples
+                    if s.labels["method"] == "GET"
+                )
+                for pid in workers
+            }
+            scraped = total(server.scrape(), queries, method="GET")
+            done = (
+                scraped >= sent
+                and all(n > 0 for n in in_files.values())
+                and sum(in_files.values()) == scraped
             )
-            for pid in workers
-        }
-        assert all(n > 0 for n in in_files.values()), in_files
-        assert sum(in_files.values()) == served
+            return (scraped, in_files) if done else None
+
+        served, in_files = wait_for(query_counts, 10, "both workers' query counts in the scrape")
+        assert served >= sent and sum(in_files.values()) == served  # every authenticated GET read the token
 
         # The database gauges are counted once for the replica: scrapes through either door and any
         # worker reuse the master's count until something changes or the interval passes.
