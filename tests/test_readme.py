@@ -98,7 +98,7 @@ def test_it_runs_the_walk_through_against_a_server(tmp_path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr + server.log()[-3000:]
     lines = done.stdout.splitlines()
     assert lines[1] == "admin"
-    assert "build status: succeeded" in lines
+    assert "job status: succeeded" in lines
     # "<created_at> info Starting workspace <output>", in the order they were logged
     outputs = [line.partition(" info Starting workspace ")[2] for line in lines if " info Starting " in line]
     assert outputs == ["pulling image", "starting container", "ready"]
