@@ -52,9 +52,12 @@ class DatabaseCounts:
     generation: int = 0  # the stale mark seen when the refresh started
 
 
-def query_counts(now: datetime) -> DatabaseCounts:
-    """Three aggregate queries: active users, users by status, and workspaces grouped by the labels
-    of the per-template family (whose sums by status are the latest-build families)."""
+def query_counts(now: datetime, kept: KeptCounts | None = None) -> DatabaseCounts:
+    """Three aggregate queries (active users, users by status, workspaces created) and the kept
+    counts of the per-template family (whose sums by status are the latest-build families).
+
+    `kept`: this process's copy of the counts, brought up to date by reading only the counts
+    changed since its last read; without one, every count is read."""
     from django.db import connection
     from django.db.models import Count
 
@@ -74,12 +77,13 @@ def query_counts(now: datetime) -> DatabaseCounts:
     for row in User.objects.filter(deleted=False).values("status").annotate(n=Count("id")).order_by():
         users[row["status"]] = users.get(row["status"], 0) + row["n"]
 
-    # ~50,000 rows arrive as tuples in one burst: the cyclic GC would run dozens of times over the
-    # whole heap meanwhile (a fifth of the refresh, measured), for objects that cannot form cycles.
+    # A full read brings ~50,000 rows as tuples in one burst: the cyclic GC would run dozens of
+    # times over the whole heap meanwhile (a fifth of the refresh, measured), for objects that
+    # cannot form cycles.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        per_template, latest = _latest_build_rows(now)
+        per_template, latest = _latest_build_rows(now, kept or KeptCounts())
     finally:
         if collecting:
             gc.enable()
@@ -118,56 +122,160 @@ def _created_rows() -> list[tuple[str, str, str, int]]:
         return [(org, name, "", n) for org, name, n in cursor.fetchall()]
 
 
-def _latest_build_rows(now: datetime) -> tuple[list[tuple], dict[str, int]]:
-    from django.db import connection
+# A label set's count fallen to 0 is kept this many folds before it is deleted, and each fold's
+# row as long: a reader that last read within them reads only what changed since; one further
+# behind (a process that did not refresh for that long) reads every count again.
+FOLDS_KEPT = 1000
 
-    sql, params = latest_build_sql(now)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    # One pass over the counts, the latest-build totals summed on the way; then the changes not yet
-    # folded added (few: the reaper folds every pass); then the running jobs whose heartbeat is
-    # stale moved from "running" to "failed" (Coder's status rule), only as far as they were
-    # counted running.
-    per_template, running, failed, changes, stale = [], {}, {}, {}, []
-    latest = dict.fromkeys(JOB_STATUSES, 0)
-    for row in rows:
-        status = row[0]
-        if status == "running":
-            running[row[1:5]] = row[5]
-        elif status == "failed":
-            failed[row[1:5]] = row[5]
-        elif status == "stale":
-            stale.append(row)
-            continue
-        elif status[0] == "+":
-            changes[(status[1:], *row[1:5])] = row[5]
-            continue
-        else:
-            per_template.append(row)
-        latest[status] += row[5]
-    if changes:
-        for (status, *labels), n in changes.items():
-            latest[status] += n
-            if status == "running":
-                running[tuple(labels)] = running.get(tuple(labels), 0) + n
-            elif status == "failed":
-                failed[tuple(labels)] = failed.get(tuple(labels), 0) + n
-        others = {k: n for k, n in changes.items() if k[0] not in ("running", "failed")}
-        if others:
-            per_template = [(*row[:5], row[5] + others.pop(row[:5], 0)) for row in per_template]
-            per_template.extend((*k, n) for k, n in others.items())
-            per_template = [row for row in per_template if row[5] > 0]
-    for row in stale:
-        labels = row[1:5]
-        n = min(row[5], running.get(labels, 0))
-        running[labels] = running.get(labels, 0) - n
-        failed[labels] = failed.get(labels, 0) + n
-        latest["running"] -= n
-        latest["failed"] += n
-    per_template.extend(("running", *labels, n) for labels, n in running.items() if n > 0)
-    per_template.extend(("failed", *labels, n) for labels, n in failed.items() if n > 0)
-    return per_template, latest
+Labels = tuple[str, str, str, str, str]  # status, template, version, owner, transition
+
+
+class KeptCounts:
+    """This process's copy of the kept counts (`WorkspaceGaugeCount`), as of one fold.
+
+    A refresh reads the counts whose fold is newer than the copy's, and the copy's fold's token:
+    finding the token it remembers proves the copy is this database's history up to that fold
+    (after a restore, a refill or a rolled-back fold the same number may stand for other counts),
+    so the newer rows are all that changed. Otherwise, and at the first refresh, every count is
+    read. Each process (gunicorn worker, replica) keeps its own copy; the database keeps no record
+    of its readers.
+
+    The copy is kept as the per-template family's rows themselves (a list of 6-tuples, a label set
+    fallen to 0 left in place as a 0 until there are many) with each label set's position: a
+    refresh copies the list and patches the few rows that changed instead of building ~50,000
+    tuples again."""
+
+    COMPACT_AFTER = 1000  # rows at 0 (and an eighth of all) before the list is rebuilt without them
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.full_reads = 0
+        self.rows_read = 0  # count rows read from the database, in all
+        self.compactions = 0
+        self._forget()
+
+    def _forget(self) -> None:
+        self.fold: int | None = None
+        self.token: int | None = None
+        self.rows: list[tuple] = []  # (status, template, version, owner, transition, n)
+        self.index: dict[Labels, int] = {}  # label set -> its position in rows
+        self.zeros = 0  # rows at 0
+        self.totals: dict[str, int] = dict.fromkeys(JOB_STATUSES, 0)
+
+    def latest_build(self, now: datetime) -> tuple[list[tuple], dict[str, int]]:
+        """The per-template rows and the latest-build totals at `now`: the copy brought up to date,
+        plus the changes not folded yet (few: the reaper folds every pass), then the running jobs
+        whose heartbeat is stale moved from "running" to "failed" (Coder's status rule), only as
+        far as they were counted running."""
+        with self._lock:
+            try:
+                changes, stale = self._read(now)
+            except BaseException:
+                self._forget()  # a read half applied: start again from every count
+                raise
+            return self._patched(changes, stale)
+
+    def _read(self, now: datetime) -> tuple[dict[Labels, int], list[tuple]]:
+        from django.db import connection
+
+        full = self.fold is None
+        sql, params = latest_build_sql(now, since=self.fold)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            fetched = cursor.fetchall()
+            state = _fold_state(fetched)
+            if not full and state.get("seen") != self.token:
+                full = True
+                sql, params = latest_build_sql(now, since=None)
+                cursor.execute(sql, params)
+                fetched = cursor.fetchall()
+                state = _fold_state(fetched)
+        totals = self.totals
+        if full:
+            self._forget()
+            self.full_reads += 1
+            totals = self.totals
+            self.rows = [row for row in fetched if row[0] in totals]
+            self.index = {row[:5]: i for i, row in enumerate(self.rows)}
+            for row in self.rows:
+                totals[row[0]] += row[5]
+            self.rows_read += len(self.rows)
+        rows, index = self.rows, self.index
+        changes: dict[Labels, int] = {}
+        stale = []
+        for row in fetched:
+            status = row[0]
+            if status in totals:
+                if full:
+                    continue
+                self.rows_read += 1
+                key, n = row[:5], row[5]
+                at = index.get(key)
+                if at is None:
+                    if n:
+                        index[key] = len(rows)
+                        rows.append(row)
+                        totals[status] += n
+                    continue
+                before = rows[at][5]
+                rows[at] = row
+                totals[status] += n - before
+                self.zeros += (n == 0) - (before == 0)
+            elif status[0] == "+":
+                changes[(status[1:], *row[1:5])] = row[5]
+            elif status == "stale":
+                stale.append(row)
+        if self.zeros > self.COMPACT_AFTER and self.zeros * 8 > len(rows):
+            self.rows = [row for row in rows if row[5]]
+            self.index = {row[:5]: i for i, row in enumerate(self.rows)}
+            self.zeros = 0
+            self.compactions += 1
+        # No fold yet (a database never folded, or emptied): nothing to remember, read it all again.
+        self.fold, self.token = state.get("fold"), state.get("token")
+        return changes, stale
+
+    def _patched(self, changes: dict[Labels, int], stale: list[tuple]) -> tuple[list[tuple], dict[str, int]]:
+        # A new list each refresh: the last one may still be rendering in another thread.
+        rows, index, latest = self.rows.copy(), self.index, dict(self.totals)
+        added: dict[Labels, int] = {}  # label sets the copy does not hold
+
+        def get(key: Labels) -> int:
+            at = index.get(key)
+            return added.get(key, 0) if at is None else rows[at][5]
+
+        def put(key: Labels, n: int) -> None:
+            at = index.get(key)
+            if at is None:
+                added[key] = n
+            else:
+                rows[at] = (*key, n)
+
+        for key, n in changes.items():
+            if n:
+                put(key, get(key) + n)
+                latest[key[0]] += n
+        zeros = self.zeros + bool(stale)
+        for row in stale:
+            labels = row[1:5]
+            running = get(("running", *labels))
+            n = min(row[5], running)
+            if n:
+                put(("running", *labels), running - n)
+                put(("failed", *labels), get(("failed", *labels)) + n)
+                latest["running"] -= n
+                latest["failed"] += n
+        if changes or zeros:
+            rows = [row for row in rows if row[5] > 0]
+        rows.extend((*key, n) for key, n in added.items() if n > 0)
+        return rows, latest
+
+
+def _fold_state(rows: list[tuple]) -> dict[str, int]:
+    return {row[0]: row[5] for row in rows if row[0] in ("fold", "token", "seen")}
+
+
+def _latest_build_rows(now: datetime, kept: KeptCounts) -> tuple[list[tuple], dict[str, int]]:
+    return kept.latest_build(now)
 
 
 _FOLD_LOCK = 0x636F646572  # pg_advisory_xact_lock key: one folder at a time, across replicas
@@ -175,78 +283,111 @@ _FOLD_LOCK = 0x636F646572  # pg_advisory_xact_lock key: one folder at a time, ac
 
 def fold_gauge_changes() -> None:
     """Adds the label-set changes the workspace triggers appended (workspaces 0004) to the counts,
-    deletes them, and deletes the label sets left at 0: all in one transaction.
+    deletes them, and records the fold: all in one transaction. A count changed gets the fold's
+    number; one fallen to 0 stays until `FOLDS_KEPT` folds later, so that every reader sees it fall.
 
     Builds only append changes, so they never wait on each other; the folders are the only writers
     of the counts, one at a time (SQLite's single writer; on PostgreSQL an advisory lock), and each
     writes them in label order."""
+    import secrets
+
     from django.db import connection, transaction
 
-    from coderd.workspaces.models import WorkspaceGaugeChange, WorkspaceGaugeCount
+    from coderd.workspaces.models import WorkspaceGaugeChange, WorkspaceGaugeCount, WorkspaceGaugeFold
 
     q = connection.ops.quote_name
     log, counts = q(WorkspaceGaugeChange._meta.db_table), q(WorkspaceGaugeCount._meta.db_table)
+    folds = q(WorkspaceGaugeFold._meta.db_table)
     labels = "status, template_name, template_version, workspace_owner, workspace_transition"
-    upsert = f"ON CONFLICT ({labels}) DO UPDATE SET n = {counts}.n + excluded.n"
+    upsert = f"ON CONFLICT ({labels}) DO UPDATE SET n = {counts}.n + excluded.n, fold = excluded.fold"
+    with connection.cursor() as cursor:
+        # Nothing appended since the last fold (an idle deployment's every pass): no write at all.
+        # A change committed just after this is folded at the next pass.
+        cursor.execute(f"SELECT 1 FROM {log} LIMIT 1")
+        if cursor.fetchone() is None:
+            return
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_FOLD_LOCK])
+        # Under the lock (on SQLite the write lock, taken at BEGIN IMMEDIATE): no other fold between
+        # this number and the commit, so folds commit in the order of their numbers.
+        cursor.execute(f"SELECT COALESCE(MAX(number), 0) + 1 FROM {folds}")
+        number = cursor.fetchone()[0]
+        cursor.execute(f"INSERT INTO {folds} (number, token) VALUES (%s, %s)", [number, secrets.randbits(62)])
+        if connection.vendor == "postgresql":
             # One statement, one snapshot: exactly the changes deleted are added, whatever
             # commits meanwhile (ids of a sequence commit out of order, so no "up to id N").
             cursor.execute(
                 f"WITH d AS (DELETE FROM {log} RETURNING {labels}, delta)"
-                f" INSERT INTO {counts} ({labels}, n) SELECT {labels}, SUM(delta) FROM d"
-                f" GROUP BY {labels} ORDER BY {labels} {upsert}"
+                f" INSERT INTO {counts} ({labels}, n, fold) SELECT {labels}, SUM(delta), %s FROM d"
+                f" GROUP BY {labels} HAVING SUM(delta) <> 0 ORDER BY {labels} {upsert}",
+                [number],
             )
         else:
-            # The INSERT takes SQLite's write lock before it reads: no change can be appended
-            # between it and the DELETE. (WHERE true: SQLite's parser needs it before ON CONFLICT.)
+            # The write lock is held since BEGIN: no change can be appended between the INSERT's
+            # read and the DELETE. (WHERE true: SQLite's parser needs it before ON CONFLICT.)
             cursor.execute(
-                f"INSERT INTO {counts} ({labels}, n) SELECT {labels}, SUM(delta) FROM {log} WHERE true"
-                f" GROUP BY {labels} ORDER BY {labels} {upsert}"
+                f"INSERT INTO {counts} ({labels}, n, fold) SELECT {labels}, SUM(delta), %s FROM {log} WHERE true"
+                f" GROUP BY {labels} HAVING SUM(delta) <> 0 ORDER BY {labels} {upsert}",
+                [number],
             )
             cursor.execute(f"DELETE FROM {log}")
-        cursor.execute(f"DELETE FROM {counts} WHERE n = 0")
+        # Zeros older than the oldest fold kept: every reader that can still read by fold saw them.
+        cursor.execute(f"DELETE FROM {counts} WHERE n = 0 AND fold <= %s", [number - FOLDS_KEPT])
+        cursor.execute(f"DELETE FROM {folds} WHERE number <= %s", [number - FOLDS_KEPT])
 
 
-def latest_build_sql(now: datetime) -> tuple[str, list]:
-    """Live workspaces counted by (status, template, version, owner, transition); the changes not
-    yet folded into the counts, as "+status" rows; and the running jobs whose heartbeat is stale, as
-    "stale" rows by the same labels. One statement: one snapshot, so a change is either folded or
-    pending, never both.
-
-    The counts are read as kept (`WorkspaceGaugeCount`): one row per label set, no grouping of the
-    workspaces; the refresh never writes (the reaper folds). The stale jobs come from the reaper's index of
-    running jobs by heartbeat: few, since the reaper fails them once stale
-    (`HEARTBEAT_STALE_AFTER`)."""
+def latest_build_sql(now: datetime, since: int | None = None) -> tuple[str, list]:
+    """One statement, one snapshot (a change is either folded or pending, never both; a count is
+    either before a fold or after it):
+    - the kept counts by (status, template, version, owner, transition): those changed after fold
+      `since` (0 among them: the label set is gone), or, with `since` None, every non-zero one;
+    - the newest fold's number and token ("fold", "token" rows) and the token of fold `since`
+      ("seen"), in the count column;
+    - the changes not yet folded, as "+status" rows;
+    - the running jobs whose heartbeat is stale, as "stale" rows by the same labels: the running
+      workspaces (a partial index) each looked up through its latest build to its job by primary
+      key (a correlated subquery: PostgreSQL would otherwise hash-join every build)."""
     from django.db import connection
 
-    from coderd.workspaces.models import Workspace, WorkspaceBuild, WorkspaceGaugeChange, WorkspaceGaugeCount
+    from coderd.workspaces.models import (
+        Workspace,
+        WorkspaceBuild,
+        WorkspaceGaugeChange,
+        WorkspaceGaugeCount,
+        WorkspaceGaugeFold,
+    )
     from provisioner.models import HEARTBEAT_STALE_AFTER, ProvisionerJob
 
     q = connection.ops.quote_name
     w, b, j = (q(m._meta.db_table) for m in (Workspace, WorkspaceBuild, ProvisionerJob))
     counts = q(WorkspaceGaugeCount._meta.db_table)
     log = q(WorkspaceGaugeChange._meta.db_table)
+    folds = q(WorkspaceGaugeFold._meta.db_table)
     labels = "w.template_name, w.latest_version_name, w.owner_username, w.latest_transition"
-    # SQLite, without statistics, may not pick the small partial indexes by itself.
-    sqlite = connection.vendor == "sqlite"
-    jobs = f"{j} j INDEXED BY provisionerjob_running" if sqlite else f"{j} j"
-    running = f"{w} w INDEXED BY workspace_latest_job_running" if sqlite else f"{w} w"
+    # SQLite, without statistics, may not pick the small partial index by itself.
+    running = f"{w} w INDEXED BY workspace_latest_job_running" if connection.vendor == "sqlite" else f"{w} w"
+    newest = f"number = (SELECT MAX(number) FROM {folds})"
+    kept = "n <> 0" if since is None else "fold > %s"
     sql = (
         f"SELECT status, template_name, template_version, workspace_owner, workspace_transition, n"
-        f" FROM {counts}"
+        f" FROM {counts} WHERE {kept}"
+        f" UNION ALL SELECT 'fold', '', '', '', '', number FROM {folds} WHERE {newest}"
+        f" UNION ALL SELECT 'token', '', '', '', '', token FROM {folds} WHERE {newest}"
+        f" UNION ALL SELECT 'seen', '', '', '', '', token FROM {folds} WHERE number = %s"
         f" UNION ALL"
         f" SELECT '+' || status, template_name, template_version, workspace_owner, workspace_transition,"
         f" SUM(delta) FROM {log} GROUP BY 1, 2, 3, 4, 5"
         f" UNION ALL"
-        f" SELECT 'stale', {labels}, COUNT(*) FROM {jobs} JOIN {b} b ON b.job_id = j.id"
-        f" JOIN {running} ON w.latest_build_id = b.id AND NOT w.deleted AND w.latest_job_state = 'running'"
-        f" WHERE j.started_at IS NOT NULL AND j.completed_at IS NULL AND j.updated_at < %s"
+        f" SELECT 'stale', {labels}, COUNT(*) FROM {running}"
+        f" WHERE NOT w.deleted AND w.latest_job_state = 'running'"
+        f" AND (SELECT j.updated_at FROM {b} b JOIN {j} j ON j.id = b.job_id WHERE b.id = w.latest_build_id"
+        f" AND j.started_at IS NOT NULL AND j.completed_at IS NULL) < %s"
         f" GROUP BY {labels}"
     )
     stale = connection.ops.adapt_datetimefield_value(now - HEARTBEAT_STALE_AFTER)
-    return sql, [stale]
+    params = ([] if since is None else [since]) + [-1 if since is None else since, stale]
+    return sql, params
 
 
 _EOF = b"# EOF\n"
@@ -376,13 +517,15 @@ class DatabaseCollector(Collector):
         interval: float = 60.0,
         store: MemoryCacheStore | FileCacheStore | None = None,
         clock: Callable[[], float] = time.time,
-        query: Callable[[datetime], DatabaseCounts] = query_counts,
+        query: Callable[[datetime], DatabaseCounts] | None = None,
     ) -> None:
         self.legacy = legacy
         self.interval = interval
         self.store = store or MemoryCacheStore()
         self.clock = clock
-        self.query = query
+        # This collector's copy of the kept counts: each refresh reads only what changed since.
+        self.kept = KeptCounts()
+        self.query = query or (lambda now: query_counts(now, self.kept))
         self._lock = threading.Lock()
         self._render_lock = threading.Lock()
         self._rendered: dict[str, Rendered] = {}

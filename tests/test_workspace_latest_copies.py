@@ -231,16 +231,16 @@ def test_it_turns_the_garbage_collector_back_on_after_counting(owner, ready_temp
     seen = []
     real = database._latest_build_rows
 
-    def spy(now):
+    def spy(now, kept):
         seen.append(gc.isenabled())
-        return real(now)
+        return real(now, kept)
 
     monkeypatch.setattr(database, "_latest_build_rows", spy)
     counts = query_counts(timezone.now())
     assert seen == [False] and gc.isenabled()
     assert counts.latest_build["pending"] == 1
 
-    def broken(now):
+    def broken(now, kept):
         raise RuntimeError("database gone")
 
     monkeypatch.setattr(database, "_latest_build_rows", broken)

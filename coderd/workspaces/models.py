@@ -184,7 +184,9 @@ class WorkspaceGaugeChange(models.Model):
 class WorkspaceGaugeCount(models.Model):
     """Live workspaces per label set, as of the last fold: thousands of rows to read at a refresh
     instead of grouping every workspace. Written only by `metrics.database.fold_gauge_changes`,
-    under a lock; a label set whose count falls to 0 is deleted."""
+    under a lock. Each row carries the number of the fold that last changed it, so that a process's
+    refresh reads only the rows changed since its last one; a label set whose count falls to 0 is
+    kept at 0 for `metrics.database.FOLDS_KEPT` folds (a reader must see it fall), then deleted."""
 
     id = models.BigAutoField(primary_key=True)
     status = models.CharField(max_length=10)
@@ -193,8 +195,14 @@ class WorkspaceGaugeCount(models.Model):
     workspace_owner = models.CharField(max_length=64)
     workspace_transition = models.CharField(max_length=8)
     n = models.IntegerField()
+    fold = models.BigIntegerField(db_default=0)
 
     class Meta:
+        indexes = [
+            # The rows changed since a reader's last fold, and the zeros old enough to delete.
+            models.Index(fields=["fold"], name="workspace_gauge_count_fold"),
+            models.Index(fields=["fold"], condition=models.Q(n=0), name="workspace_gauge_count_zero"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=[
@@ -210,3 +218,17 @@ class WorkspaceGaugeCount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.status} {self.template_name} {self.workspace_owner}: {self.n}"
+
+
+class WorkspaceGaugeFold(models.Model):
+    """One row per fold of the gauge changes, the last `metrics.database.FOLDS_KEPT` kept: its number
+    (the `fold` written on the counts it changed) and a random token. A reader remembers the number
+    and token of the last fold it read; finding that same pair again proves the counts it holds are
+    this database's as of that fold (not a database restored, refilled or rolled back since, where
+    the same number may stand for other counts), so the rows with a higher `fold` are all it needs."""
+
+    number = models.BigIntegerField(primary_key=True)
+    token = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"fold {self.number}"
