@@ -252,8 +252,8 @@ def time_parts(n: int, flips: Flips) -> None:
             database._latest_build_rows(now, database.KeptCounts())
         )
         # Before each run, untimed: flip and fold, as between two refreshes.
-        parts["latest builds: the counts changed since the last fold read, read (KeptCounts._read)"] = lambda: (
-            kept._read(now)
+        parts["latest builds: the counts changed since the last fold read, read (KeptCounts._read)"] = (
+            lambda: kept._read(now)
         )
         parts["latest builds: the same, and summed into the families' rows (_latest_build_rows)"] = lambda: (
             database._latest_build_rows(now, kept)
