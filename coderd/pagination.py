@@ -23,6 +23,11 @@ class Page(Schema):
     def count(self, queryset: QuerySet, rows: list) -> int:
         """The total a list reports beside its page: known without a query when the page came back
         short (and is not past the end), counted otherwise."""
+        known = self.known_count(rows)
+        return queryset.count() if known is None else known
+
+    def known_count(self, rows: list) -> int | None:
+        """The total, when the page `rows` tells it (see count), else None."""
         if len(rows) < self.limit and (rows or self.offset == 0):
             return self.offset + len(rows)
-        return queryset.count()
+        return None

@@ -237,3 +237,111 @@ def test_it_lists_each_members_own_workspaces_from_the_kept_query(
             "mine",
             "theirs",
         ]
+
+
+@pytest.fixture
+def finished(member: Any, workspace_for: Any) -> list[Any]:
+    """Three workspaces of the member whose builds have finished (one failed, with an error that
+    JSON must escape)."""
+    made = [workspace_for(member, name=f"done-{i}") for i in range(3)]
+    for ws in made[:2]:
+        finish_job(ws.latest_build.job)
+    finish_job(made[2].latest_build.job, error='exit 1: "apply" failed\n\tat line 3')
+    return made
+
+
+def test_it_writes_an_unchanged_workspace_only_once(
+    finished: list[Any], member: Any, api_as: Any, monkeypatch: Any
+) -> None:
+    from coderd.workspaces import listing
+
+    written: list[int] = []
+    render = listing._render
+
+    def counting(rows: list[tuple], now: Any) -> Any:
+        written.append(len(rows))
+        return render(rows, now)
+
+    monkeypatch.setattr(listing, "_render", counting)
+    client = api_as(member)
+    first = client.get("workspaces")
+    again = client.get("workspaces")
+    assert again.content == first.content == _as_model_instances_render(member, "workspaces")
+    # The first list writes the three rows (another test may have left nothing of them behind: their
+    # ids are new), the second finds each as it was.
+    assert written == [3]
+
+
+def test_it_lists_a_changed_workspace_with_its_new_values(
+    finished: list[Any], member: Any, owner: Any, api_as: Any
+) -> None:
+    from coderd.users.models import Organization, User
+    from coderd.workspaces.models import Template, TemplateVersion, Workspace
+    from provisioner.models import ProvisionerDaemon
+
+    ws = finished[0]
+    client = api_as(owner)
+    changes = [
+        lambda: Template.objects.filter(pk=ws.template_id).update(display_name="Échos"),
+        lambda: Template.objects.filter(pk=ws.template_id).update(name="renamed"),
+        lambda: TemplateVersion.objects.filter(pk=ws.latest_build.template_version_id).update(name="v-next"),
+        lambda: Template.objects.filter(pk=ws.template_id).update(active_version=None),
+        lambda: User.objects.filter(pk=member.pk).update(username="member-renamed"),
+        lambda: Organization.objects.filter(pk=ws.organization_id).update(name="org-renamed"),
+        lambda: ProvisionerJob.objects.filter(pk=ws.latest_build.job_id).update(
+            worker=ProvisionerDaemon.objects.create(name="d-9", provisioners=["echo"])
+        ),
+        lambda: ProvisionerDaemon.objects.update(name="d-10"),
+        lambda: Workspace.objects.filter(pk=ws.pk).update(name="done-renamed"),
+        lambda: Workspace.objects.filter(pk=ws.pk).update(deleted=True),
+    ]
+    for i, change in enumerate(changes):
+        before = client.get("workspaces?q=deleted:true" if i == len(changes) - 1 else "workspaces").content
+        change()
+        for path in ("workspaces", "workspaces?q=deleted:true"):
+            after = client.get(path).content
+            assert after == _as_model_instances_render(owner, path), (i, path)
+        assert after != before, i
+
+
+def test_it_moves_a_pending_jobs_queue_position_while_its_row_stays(
+    member: Any, workspace_for: Any, api_as: Any
+) -> None:
+    made = [workspace_for(member, name=f"queued-{i}") for i in range(2)]
+    client = api_as(member)
+
+    def positions() -> dict[str, tuple[int, int]]:
+        r = client.get("workspaces")
+        assert r.content == _as_model_instances_render(member, "workspaces")
+        jobs = {w["name"]: w["latest_build"]["job"] for w in r.json()["workspaces"]}
+        return {name: (job["queue_position"], job["queue_size"]) for name, job in jobs.items()}
+
+    # Behind the template's import, pending too (no daemon).
+    assert positions() == {"queued-0": (2, 3), "queued-1": (3, 3)}
+    # The import runs: the builds' rows are unchanged, their places in the queue are not.
+    ProvisionerJob.objects.filter(pk=made[0].template.active_version.job_id).update(started_at=timezone.now())
+    assert positions() == {"queued-0": (1, 2), "queued-1": (2, 2)}
+
+
+def test_it_fails_a_running_build_whose_heartbeat_stops_while_its_row_stays(
+    member: Any, workspace_for: Any, api_as: Any
+) -> None:
+    from datetime import timedelta
+
+    import time_machine
+
+    ws = workspace_for(member, name="busy")
+    t0 = timezone.now()
+    ProvisionerJob.objects.filter(pk=ws.latest_build.job_id).update(started_at=t0, updated_at=t0)
+    client = api_as(member)
+
+    def status() -> tuple[str, str]:
+        r = client.get("workspaces")
+        assert r.content == _as_model_instances_render(member, "workspaces")
+        build = r.json()["workspaces"][0]["latest_build"]
+        return build["status"], build["job"]["status"]
+
+    with time_machine.travel(t0 + timedelta(seconds=5), tick=False) as clock:
+        assert status() == ("starting", "running")
+        clock.move_to(t0 + timedelta(seconds=31))
+        assert status() == ("failed", "failed")

@@ -25,7 +25,7 @@ from coderd.users.models import OrganizationMember, User
 from coderd.users.schemas import ErrorOut, Message
 from coderd.users.services import MAX_REF_LENGTH, shown, user_by_ref
 from coderd.workspaces import services
-from coderd.workspaces.listing import workspace_list
+from coderd.workspaces.listing import plain_count, workspace_list
 from coderd.workspaces.models import Template, TemplateVersion, Workspace, WorkspaceBuild
 from coderd.workspaces.responses import queue_positions, with_active_user_count
 from coderd.workspaces.schemas import (
@@ -410,16 +410,22 @@ def _filter_workspaces(user: User, q: str) -> QuerySet:
 )
 def list_workspaces(request: HttpRequest, filters: Query[WorkspaceFilter], page: Query[Page]) -> Any:
     user = actor(request)
-    workspaces = _filter_workspaces(user, filters.q)
     # At most three queries however many: the page (its builds, jobs, templates... joined), the
     # count when the page is full, and the queue positions of its pending jobs, if any. The page is
     # read as plain rows (listing.py): the same bytes as workspace_json over model instances.
     if filters.q:
+        workspaces = _filter_workspaces(user, filters.q)
         listed = workspace_list(page.apply(workspaces), timezone.now())
-    else:  # what clients poll: its SQL is kept, per shape
-        shape = (auth.can_read_all_workspaces(user), page.limit, page.offset)
-        listed = workspace_list(None, timezone.now(), (shape, user.pk, lambda: page.apply(workspaces)))
-    count = page.count(workspaces, listed)
+        count = page.count(workspaces, listed)
+    else:  # what clients poll: its SQL and its count's are kept, per shape; no queryset is built
+        everyone = auth.can_read_all_workspaces(user)
+        shape = (everyone, page.limit, page.offset)
+        listed = workspace_list(
+            None, timezone.now(), (shape, user.pk, lambda: page.apply(_filter_workspaces(user, "")))
+        )
+        count = page.known_count(listed)
+        if count is None:
+            count = plain_count(everyone, user.pk, lambda: _filter_workspaces(user, ""))
     return raw_json_response(f'{{"workspaces": [{", ".join(listed)}], "count": {count}}}')
 
 
