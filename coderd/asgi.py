@@ -32,6 +32,7 @@ from django.core.exceptions import SuspiciousFileOperation
 from django.http import Http404
 from django.urls import re_path
 
+from coderd.gc_tuning import settle_heap
 from coderd.logredact import redact_server_logs
 from coderd.routing import websocket_urlpatterns
 from coderd.ws_notfound import RefusalMiddleware, allowed_hosts_origin_check, not_found, quiet_uvicorn_denials
@@ -76,3 +77,4 @@ application = ProtocolTypeRouter(
 )
 quiet_uvicorn_denials()
 redact_server_logs()
+settle_heap()
