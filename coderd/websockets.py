@@ -23,7 +23,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -123,9 +123,7 @@ class Consumer(AsyncJsonWebsocketConsumer):
         except StopConsumer:
             pass
         finally:
-            for task in (*tasks, stopped):
-                task.cancel()
-            await asyncio.gather(*tasks, stopped, return_exceptions=True)
+            await _cancel_and_wait((*tasks, stopped), self.scope)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         try:
@@ -159,10 +157,7 @@ class Consumer(AsyncJsonWebsocketConsumer):
         self._stop.set()
 
     async def _finish(self) -> None:
-        background = list(self._background)
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await _cancel_and_wait(list(self._background), self.scope)
         if self._groups and self.channel_layer is not None and not outages.channel_layer.down:
             try:
                 async with asyncio.timeout(LAYER_TIMEOUT_SECONDS):
@@ -266,6 +261,39 @@ class Consumer(AsyncJsonWebsocketConsumer):
 
     async def session_revoked(self, event: dict[str, Any]) -> None:
         await self.close(SESSION_ENDED, "The session was revoked, or its user suspended.")
+
+
+async def _cancel_and_wait(tasks: Collection[asyncio.Future], scope: dict[str, Any]) -> None:
+    """Cancel `tasks` and wait for them, for LAYER_TIMEOUT_SECONDS at most.
+
+    A channels_redis receive that is cancelled does not always end: under load, one has stayed
+    "cancelling", waiting inside the layer, for as long as the server ran. Waiting for it without a
+    bound kept its socket's handler from ever returning: the socket was never counted in
+    coderd_api_requests_processed_total, its concurrent-websockets gauge stayed up, and SIGTERM waited
+    for the graceful timeout. A task that outlives the bound is left to end by itself."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=LAYER_TIMEOUT_SECONDS)
+    for task in pending:
+        task.add_done_callback(_retrieve)
+    if pending:
+        log.warning(
+            "websocket %s: %d task(s) did not end within %.0f s of being cancelled; left behind: %s",
+            scope.get("path"),
+            len(pending),
+            LAYER_TIMEOUT_SECONDS,
+            ", ".join(sorted(repr(t.get_coro()) for t in pending if isinstance(t, asyncio.Task))),
+        )
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _session_alive(user_id: Any, key_id: Any) -> bool:

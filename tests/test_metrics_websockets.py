@@ -6,11 +6,14 @@ import asyncio
 
 import pytest
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import InMemoryChannelLayer, channel_layers
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 from django.urls import path
 
+from coderd import websockets
+from coderd.websockets import Consumer
 from metrics.asgi import MetricsWebsocketMiddleware
 from tests.fixtures import metrics_installed
 
@@ -33,9 +36,35 @@ class Refuse(AsyncWebsocketConsumer):
         await self.close()
 
 
+class Follower(Consumer):
+    """coderd's consumer base, listening on the channel layer; closed by the server when told."""
+
+    async def connect(self):
+        await self.join("followers")
+        await self.accept()
+
+    async def receive_json(self, content, **kwargs):
+        await self.close(1000)
+
+
+class CancelDeafLayer(InMemoryChannelLayer):
+    """The in-memory layer, whose receive goes on waiting when it is cancelled: what a channels_redis
+    receive did under load in a gunicorn worker (seen "cancelling" for as long as the server ran)."""
+
+    release: asyncio.Event | None = None
+
+    async def receive(self, channel):
+        try:
+            return await super().receive(channel)
+        except asyncio.CancelledError:
+            await CancelDeafLayer.release.wait()
+            return {"type": "never.delivered"}
+
+
 patterns = [
     path("api/v2/workspaces/<uuid:workspace>/watch-ws", Echo.as_asgi()),
     path("api/v2/refused", Refuse.as_asgi()),
+    path("api/v2/follow", Follower.as_asgi()),
 ]
 WATCH = "/api/v2/workspaces/{workspace}/watch-ws"
 WS_ID = "4f9a9c4e-8f3a-4d0e-9f59-3c1c8d6a2b11"
@@ -178,3 +207,31 @@ async def test_it_answers_404_to_an_unknown_websocket_path_when_the_server_can(s
     assert b"Route not found" in sent[1]["body"]
     assert value(state, "coderd_api_requests_processed_total", code="404", method="GET", path="") == 1
     assert value(state, "coderd_api_concurrent_websockets") == 0
+
+
+@pytest.mark.asyncio
+@override_settings(CHANNEL_LAYERS={"default": {"BACKEND": "tests.test_metrics_websockets.CancelDeafLayer"}})
+async def test_it_counts_a_socket_closed_by_the_server_though_its_layer_receive_ignores_the_cancel(
+    state, monkeypatch
+):
+    monkeypatch.setattr(websockets, "LAYER_TIMEOUT_SECONDS", 0.2)
+    channel_layers.backends.pop("default", None)  # built again from the overridden settings
+    CancelDeafLayer.release = asyncio.Event()
+    try:
+        communicator = await _open(app(), "/api/v2/follow")
+        assert value(state, "coderd_api_concurrent_websockets") == 1
+        await communicator.send_json_to({"close": True})
+        assert (await communicator.receive_output())["type"] == "websocket.close"
+        # The handler returns (its layer receive left behind) instead of waiting on it for ever.
+        # (Not communicator.wait(): it cancels the handler at its timeout, which also ends it.)
+        done, _ = await asyncio.wait([communicator.future], timeout=10)
+        assert done, "the handler did not return after the server closed the socket"
+        assert value(state, "coderd_api_concurrent_websockets") == 0
+        total = value(
+            state, "coderd_api_requests_processed_total", code="101", method="GET", path="/api/v2/follow"
+        )
+        assert total == 1
+    finally:
+        CancelDeafLayer.release.set()  # the receive left behind ends with the test
+        await asyncio.sleep(0)
+        channel_layers.backends.pop("default", None)
