@@ -13,22 +13,16 @@ work, with no network. Prints medians and 95th percentiles. Not part of the test
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
-import tempfile
 import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def ms(samples: list[float], q: float = 0.5) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+from bench._common import analyze, database, load_average, machine, ms, setup_django
 
 
 def main() -> None:
@@ -39,23 +33,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000, help="audit rows seeded (default 200,000)")
     parser.add_argument("--views", type=int, default=30, help="requests measured per target (default 30)")
     args = parser.parse_args()
-    pg = None
-    if args.postgres:
-        from tests.services import Postgres
-
-        pg = Postgres.start()
-        os.environ["CODER_PG_CONNECTION_URL"] = pg.create_database("bench_audit")
-    else:
-        os.environ["CODER_DATA_DIR"] = tempfile.mkdtemp(prefix="coderd-bench-audit-")
-    try:
+    with database(postgres=args.postgres, fresh=True, prefix="bench_audit"):
         run(args)
-    finally:
-        if pg is not None:
-            pg.stop()
 
 
 def seed(rows: int) -> tuple[object, list[object]]:
-    from django.db import connection
     from django.utils import timezone
 
     from coderd.audit.models import Action, AuditLog, ResourceType
@@ -87,25 +69,19 @@ def seed(rows: int) -> tuple[object, list[object]]:
             AuditLog.objects.bulk_create(batch)
             batch = []
     AuditLog.objects.bulk_create(batch)
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("ANALYZE")
+    analyze()
     return owner, users
 
 
 def run(args: argparse.Namespace) -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coderd.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
+    setup_django()
     from django.db import connection
     from django.test import Client
 
     from coderd.audit.models import AuditLog
     from coderd.users.services import issue_api_key
 
-    call_command("migrate", verbosity=0)
+    print(f"machine: {machine()}; load average {load_average()}")
     started = time.perf_counter()
     owner, users = seed(args.rows)
     print(

@@ -15,23 +15,16 @@ docs/benchmarks.md. Not part of the test suite.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import database, load_average, machine, ms, setup_django
 
 GOAL_MS = 100.0
-
-
-def ms(samples: list[float], q: float = 0.5) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 def main() -> None:
@@ -43,40 +36,16 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=40, help="page views measured (default 40)")
     args = parser.parse_args()
 
-    pg = None
-    if args.postgres:
-        from tests.services import Postgres
-
-        pg = Postgres.start()
-        os.environ["CODER_PG_CONNECTION_URL"] = pg.create_database("bench")
-    elif args.seed:
-        os.environ["CODER_DATA_DIR"] = tempfile.mkdtemp(prefix="coderd-bench-")
-    try:
+    with database(postgres=args.postgres, fresh=args.seed):
         run(args)
-    finally:
-        if pg is not None:
-            pg.stop()
 
 
 def run(args: argparse.Namespace) -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coderd.settings")
-    import django
-
-    django.setup()
+    setup_django(seed=args.seed)
     from django.conf import settings
-    from django.core.management import call_command
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
-
-    call_command("migrate", verbosity=0)
-    if args.seed:
-        started = time.perf_counter()
-        call_command("seed_metrics_data")
-        print(f"seeded in {time.perf_counter() - started:.1f} s")
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("ANALYZE")
 
     from coderd import console
     from coderd.users.models import User, UserStatus
@@ -121,10 +90,8 @@ def run(args: argparse.Namespace) -> None:
         console.health()
         health.append(time.perf_counter() - t)
 
-    print(
-        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
-    print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"machine: {machine()}")
+    print(f"load average: {load_average()}")
     print(f"database: {connection.vendor} ({settings.DATABASES['default']['NAME']})")
     workspaces = sum(console.workspace_states(counts).values())
     print(

@@ -12,25 +12,22 @@ gauges fresh, through the real listener over loopback as Prometheus asks (OpenMe
 
 Prints medians; figures go to docs/benchmarks.md. Not part of the test suite.
 
-Needs a venv made with requirements.txt; with --postgres, requirements-dev.txt (the server is
-started by tests/services.py, which imports pytest).
+Needs a venv made with requirements.txt (with --postgres, PostgreSQL 15's binaries too).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import database, load_average, machine, setup_django
 
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
@@ -59,38 +56,14 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    pg = None
-    if args.postgres:
-        from tests.services import Postgres
-
-        pg = Postgres.start()
-        os.environ["CODER_PG_CONNECTION_URL"] = pg.create_database("bench")
-    elif args.seed:
-        os.environ["CODER_DATA_DIR"] = tempfile.mkdtemp(prefix="coderd-bench-")
-    try:
+    with database(postgres=args.postgres, fresh=args.seed):
         run(args)
-    finally:
-        if pg is not None:
-            pg.stop()
 
 
 def run(args: argparse.Namespace) -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coderd.settings")
-    import django
-
-    django.setup()
+    setup_django(seed=args.seed)
     from django.conf import settings
-    from django.core.management import call_command
     from django.db import connection
-
-    call_command("migrate", verbosity=0)
-    if args.seed:
-        started = time.perf_counter()
-        call_command("seed_metrics_data")
-        print(f"seeded in {time.perf_counter() - started:.1f} s")
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("ANALYZE")
 
     from metrics import runtime
     from metrics.serving import start_listener
@@ -147,9 +120,7 @@ def run(args: argparse.Namespace) -> None:
     listener.stop()
 
     series = sum(len(f.samples) for f in state.registry.collect())
-    print(
-        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
+    print(f"machine: {machine()}; load average {load_average()}")
     print(f"database: {connection.vendor} ({settings.DATABASES['default']['NAME']})")
     print(
         f"data: {sum(counts.users.values())} users, {sum(counts.latest_build.values())} workspaces with a build, "

@@ -2,4 +2,4 @@
 
 # CODER_DATA_DIR is set by tests/testenv.py, loaded early through pyproject's addopts.
 
-pytest_plugins = ["tests.fixtures", "tests.services"]
+pytest_plugins = ["tests.fixtures", "tests.service_fixtures"]
