@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> None:
     listener.stop()
 
     series = sum(len(f.samples) for f in state.registry.collect())
-    print(f"machine: {machine()}; load average {load_average()}")
+    print(f"machine: {machine()}")
     print(f"database: {connection.vendor} ({settings.DATABASES['default']['NAME']})")
     print(
         f"data: {sum(counts.users.values())} users, {sum(counts.latest_build.values())} workspaces with a build, "
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> None:
     kept = getattr(db, "kept", None)
     if kept is not None:
         print(f"kept counts: {kept.full_reads} full read(s), {kept.rows_read} count rows read in all")
-    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average: {load_average()}")
     print(f"first scrape after a refresh (renders the database families): {first * 1000:.0f} ms")
     for name, (ms, size) in results.items():
         print(f"scrape, gauges fresh, {name}: median {ms:.1f} ms, {size / 1024:.0f} KiB over {args.scrapes}")
