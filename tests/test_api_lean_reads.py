@@ -345,3 +345,28 @@ def test_it_fails_a_running_build_whose_heartbeat_stops_while_its_row_stays(
         assert status() == ("starting", "running")
         clock.move_to(t0 + timedelta(seconds=31))
         assert status() == ("failed", "failed")
+
+
+def test_it_reads_a_page_of_everyones_workspaces_in_the_indexs_order(
+    owner: Any, member: Any, workspace_for: Any
+) -> None:
+    from coderd.pagination import Page
+    from coderd.workspaces.api import _filter_workspaces
+    from coderd.workspaces.listing import _select
+
+    for i in range(3):
+        workspace_for(member, name=f"ws-{i}")
+    for q in ("", "name:ws"):
+        sql, params = _select(
+            Page(limit=2, offset=0).apply(_filter_workspaces(owner, q))
+        ).query.sql_with_params()
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SET LOCAL enable_sort = off")  # tiny tables: it would sort them anyway
+                cursor.execute(f"EXPLAIN {sql}", params)
+                plan = "\n".join(r[0] for r in cursor.fetchall())
+                assert "Sort" not in plan and "workspace_list_order" in plan, plan
+            else:
+                cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+                plan = "\n".join(r[-1] for r in cursor.fetchall())
+                assert "TEMP B-TREE" not in plan and "workspace_list_order" in plan, plan

@@ -185,6 +185,27 @@ def test_it_pages_workspaces_and_builds_in_a_stable_order(owner, api_as, workspa
     ]
 
 
+def test_it_lists_workspaces_by_their_owners_names_through_a_rename(
+    owner, member, other_member, api_as, workspace_for
+):
+    from coderd.users.models import User
+
+    for user in (owner, member, other_member):
+        for name in ("b", "a"):
+            workspace_for(user, name=name)
+    api = api_as(owner)
+
+    def listed(path="workspaces"):
+        return [(w["owner_name"], w["name"]) for w in api.get(path).json()["workspaces"]]
+
+    assert listed() == [(u, n) for u in ("member", "other-member", "owner") for n in ("a", "b")]
+    # The list's order is the owners' current names (kept on each workspace by a trigger), by page too.
+    User.objects.filter(pk=member.pk).update(username="zed")
+    assert listed() == [(u, n) for u in ("other-member", "owner", "zed") for n in ("a", "b")]
+    assert listed("workspaces?limit=3&offset=2") == [("owner", "a"), ("owner", "b"), ("zed", "a")]
+    assert listed("workspaces?q=name:a") == [("other-member", "a"), ("owner", "a"), ("zed", "a")]
+
+
 def test_it_lists_jobs_by_status_newest_first(owner, org, api_as, workspace_for):
     a = workspace_for(owner, name="a")
     b = workspace_for(owner, name="b")

@@ -402,7 +402,9 @@ def _filter_workspaces(user: User, q: str) -> QuerySet:
             timezone.now(), transition="latest_build__transition", job_prefix="latest_build__job__"
         )
         workspaces = workspaces.annotate(latest_status=status).filter(latest_status=terms["status"])
-    return workspaces.order_by("owner__username", "name", "id")
+    # By the owner's username as the workspace's own copy holds it (kept equal by the triggers of
+    # workspaces 0002, through renames too), so that an index gives the order (workspaces 0006).
+    return workspaces.order_by("owner_username", "name", "id")
 
 
 @router.get(

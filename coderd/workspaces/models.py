@@ -127,6 +127,15 @@ class Workspace(models.Model):
                 name="workspace_latest_job_running",
                 condition=Q(deleted=False, latest_job_state="running"),
             ),
+            # The workspace list's order (owner's username, name, id): a page of 100 out of 10,000
+            # is read as its 100 rows, where sorting on the joined users' names read and joined
+            # all 10,000 (85 ms on SQLite). Partial as the list is (the rare `deleted:true` list,
+            # of the deleted ones too, is sorted): SQLite prefers a partial index to a full one.
+            models.Index(
+                fields=["owner_username", "name", "id"],
+                name="workspace_list_order",
+                condition=Q(deleted=False),
+            ),
         ]
 
     def __str__(self) -> str:
