@@ -243,3 +243,43 @@ def test_it_shares_one_refresh_between_processes_through_the_directory(db, owner
     collectors[1].mark_stale()  # a signal in the second worker
     collectors[0].counts()
     assert len(calls) == 2
+
+
+def test_it_renders_the_per_template_series_as_the_encoder_does_encoding_only_new_label_sets():
+    # No database: the counts are given. Label values the encoders escape (quotes, backslashes,
+    # newlines) or that end like a value, and counts that come and go between refreshes.
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+    from metrics.database import PER_TEMPLATE, DatabaseCounts, _Families
+
+    rounds = [
+        [
+            ("running", "tpl", "v1", "alice", "start", 2),
+            ("failed", 'q"uo\\te', "v\n2", "bob 5.0", "stop", 10**7),
+        ],
+        [("running", "tpl", "v1", "alice", "start", 3), ("succeeded", "tplé", "v1", "carol", "start", 1)],
+        [("failed", 'q"uo\\te', "v\n2", "bob 5.0", "stop", 1), ("running", "tpl", "v1", "alice", "start", 3)],
+        [],
+    ]
+    now = [0]
+
+    def query(when):
+        return DatabaseCounts(latest_build={"running": 1}, users={"active": 2}, per_template=rounds[now[0]])
+
+    for generate in (generate_latest, generate_openmetrics):
+        encoded = []  # per-template series each call of the encoder formats
+
+        def encoder(registry, generate=generate, encoded=encoded):
+            families = list(registry.collect())
+            encoded.extend(s for f in families if f.name == PER_TEMPLATE for s in f.samples)
+            return generate(_Families(families))
+
+        collector = DatabaseCollector(interval=0.5, clock=lambda: float(now[0]), query=query)
+        for i in range(len(rounds)):
+            now[0] = i
+            encoded.clear()
+            expected = generate(_Families(collector._families(collector.counts())))
+            text = collector.rendered("type", encoder).text
+            assert text + (b"# EOF\n" if generate is generate_openmetrics else b"") == expected
+            assert len(encoded) == [2, 1, 0, 0][i]  # only label sets not seen before
