@@ -589,8 +589,10 @@ class DatabaseCollector(Collector):
             cached = self._rendered.get(content_type)
             if cached is not None and cached.key == key:
                 return cached
+            # One encoder per content type (a new functools.partial at each scrape: keyed as
+            # metrics.serving.cached_encoder keys its own).
             lines = self._lines.get(content_type)
-            if lines is None or lines.encoder is not encoder:
+            if lines is None:
                 lines = self._lines[content_type] = _SeriesLines(encoder)
             text = lines.render(self._families(counts, per_template=False), counts.per_template)
             if text is None:  # not of the expected shape: prometheus_client's encoder, whole
