@@ -283,3 +283,27 @@ def test_it_renders_the_per_template_series_as_the_encoder_does_encoding_only_ne
             text = collector.rendered("type", encoder).text
             assert text + (b"# EOF\n" if generate is generate_openmetrics else b"") == expected
             assert len(encoded) == [2, 1, 0, 0][i]  # only label sets not seen before
+
+
+def test_it_shares_the_per_template_rows_between_processes_as_tuples(tmp_path):
+    import gc
+
+    from metrics.database import DatabaseCounts, FileCacheStore
+
+    counts = DatabaseCounts(
+        active_users=3,
+        latest_build={"running": 2},
+        users={"active": 3},
+        per_template=[
+            ("running", "tpl", "v1", "alice", "start", 2),
+            ("failed", "tplé", "v\n2", 'b"ob', "stop", 1),
+        ],
+        created=[("org", "tpl", "", 4)],
+        computed_at=12.5,
+        generation=7,
+    )
+    FileCacheStore(tmp_path).save(counts)
+    loaded = FileCacheStore(tmp_path).load()  # another process's store
+    assert loaded == counts
+    assert all(type(row) is tuple for row in loaded.per_template + loaded.created)
+    assert gc.isenabled()
