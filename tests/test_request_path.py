@@ -121,16 +121,68 @@ def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 # --- two chains ------------------------------------------------------------------------------------
 
 
-def test_it_serves_an_authenticated_api_get_in_three_thread_hops(owner: Any, hops: list[str]) -> None:
-    token = token_for(owner)
-    http("GET", "/api/v2/users/me", [(b"coder-session-token", token.encode())])  # warm: imports, caches
-    hops.clear()
-    response = http("GET", "/api/v2/users/me", [(b"coder-session-token", token.encode())])
-    assert response["status"] == 200, response["body"]
-    # Django's request_started receivers (closing an old connection), the view (the token check and
-    # the query), the response's close (request_finished). The seven sync middlewares of the full
-    # chain made thirteen more.
-    assert len(hops) == 3, hops
+@pytest.mark.django_db(transaction=True)
+def test_it_serves_an_authenticated_api_get_in_one_thread_hop(owner: Any, hops: list[str]) -> None:
+    token = token_for(owner).encode()
+    threads = RequestThreads(size=1)
+    app = HTTPApplication(threads)
+    try:
+        # As under uvicorn: a loop with no sync caller above it, the request's thread lent.
+        _serve_on_a_loop_of_its_own(app, [["/api/v2/users/me"]], [(b"coder-session-token", token)])  # warm
+        hops.clear()
+        _serve_on_a_loop_of_its_own(app, [["/api/v2/users/me"]], [(b"coder-session-token", token)])
+    finally:
+        threads.close()
+    # The view (the token check and the query). The seven sync middlewares of the full chain made
+    # thirteen more; request_started's receivers and the response's close two more, now queued on
+    # the request's thread without the loop waiting (the next test: they still run there, in order).
+    assert hops == ["PathView.get_view.<locals>.sync_view_wrapper"], hops
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_runs_each_requests_start_and_end_in_its_thread_around_the_view(
+    owner: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from coderd.users import services
+
+    token = token_for(owner).encode()
+    events: list[tuple[str, str]] = []
+
+    def note(what: str) -> None:
+        events.append((threading.current_thread().name, what))
+
+    def started(**kwargs: Any) -> None:
+        note("started")
+
+    def finished(**kwargs: Any) -> None:
+        note("finished")
+
+    def organization_ids(user: Any) -> list[Any]:
+        note("view")
+        return original(user)
+
+    original = services.organization_ids
+    monkeypatch.setattr(services, "organization_ids", organization_ids)
+    threads = RequestThreads(size=2)
+    app = HTTPApplication(threads)
+    request_started.connect(started)
+    request_finished.connect(finished)
+    try:
+        one_by_one, at_once = [["/api/v2/users/me"]] * 3, [["/api/v2/users/me"] * 4] * 3
+        _serve_on_a_loop_of_its_own(app, one_by_one + at_once, [(b"coder-session-token", token)])
+    finally:
+        threads.close()  # after what is queued on them: the last requests' ends
+        request_started.disconnect(started)
+        request_finished.disconnect(finished)
+    by_thread: dict[str, list[str]] = {}
+    for thread, what in events:
+        by_thread.setdefault(thread, []).append(what)
+    assert sum(len(seen) for seen in by_thread.values()) == 3 * 15
+    for thread, seen in by_thread.items():
+        # Each request's start, view and end in the thread lent to it, in that order, and the next
+        # request lent that thread only after the end of the last.
+        assert thread.startswith("coderd-request-"), thread
+        assert seen == ["started", "view", "finished"] * (len(seen) // 3), (thread, seen)
 
 
 def test_it_keeps_djangos_full_chain_on_the_admin(db: Any, hops: list[str]) -> None:
