@@ -147,9 +147,14 @@ class KeptCounts:
     tuples again."""
 
     COMPACT_AFTER = 1000  # rows at 0 (and an eighth of all) before the list is rebuilt without them
+    # Every count read again this often all the same: a bound on how long the copy can stay wrong
+    # if the counts were ever changed without a fold number (a replica of an older coderd folding
+    # during a rolling upgrade, or a hand edit), at the cost of one full read an hour.
+    FULL_READ_EVERY = 3600.0  # seconds
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._full_at = 0.0  # time.monotonic() of the last full read
         self.full_reads = 0
         self.rows_read = 0  # count rows read from the database, in all
         self.compactions = 0
@@ -179,8 +184,8 @@ class KeptCounts:
     def _read(self, now: datetime) -> tuple[dict[Labels, int], list[tuple]]:
         from django.db import connection
 
-        full = self.fold is None
-        sql, params = latest_build_sql(now, since=self.fold)
+        full = self.fold is None or time.monotonic() - self._full_at >= self.FULL_READ_EVERY
+        sql, params = latest_build_sql(now, since=None if full else self.fold)
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             fetched = cursor.fetchall()
@@ -195,6 +200,7 @@ class KeptCounts:
         if full:
             self._forget()
             self.full_reads += 1
+            self._full_at = time.monotonic()
             totals = self.totals
             self.rows = [row for row in fetched if row[0] in totals]
             self.index = {row[:5]: i for i, row in enumerate(self.rows)}
