@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import io
 import logging
 import os
 import threading
@@ -178,6 +179,13 @@ class ChainHandler(ASGIHandler):
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
+            # The client left before its request was read. Django returns here, before any
+            # middleware: counted by the metrics as a client that leaves is counted (code 0).
+            request, _ = self.create_request(scope, io.BytesIO())
+            if request is not None:
+                from metrics.middleware import count_unread
+
+                count_unread(request)
             return
         set_script_prefix(get_script_prefix(scope))
         if thread is None:

@@ -20,7 +20,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
 from metrics import runtime
 from metrics.dbquery import current_origin
-from metrics.routes import http_route, resolve_route
+from metrics.routes import STATIC, UNKNOWN, http_route, resolve_route
 
 _TASKS_UPDATE_SECONDS = 1.0
 # One line per request (method, route, status, duration): DEBUG when it went well, WARNING for a 5xx,
@@ -106,6 +106,18 @@ def _record(metrics, request, code: int, seconds: float) -> None:
     level = logging.WARNING if code >= 500 and code != 503 else logging.DEBUG
     if request_log.isEnabledFor(level):
         request_log.log(level, "%s %s %s %.1fms", method, route or request.path, code, seconds * 1000)
+
+
+def count_unread(request, seconds: float = 0.0) -> None:
+    """A request whose client left before Django read it: Django's handler returns at once, before any
+    middleware, so the middleware above never saw it. Counted as it counts a client that leaves while
+    the view runs, code 0 (its latency 0: nothing served it): every request that reached the
+    application is counted once."""
+    metrics = runtime.current().metrics
+    route = resolve_route(request)
+    if metrics.legacy and route in (UNKNOWN, STATIC):
+        route = ""  # legacy names label what no route matched "", as Django's own resolution does
+    metrics.observe_request(_method(request), route, 0, seconds)
 
 
 class StaticFilesMetrics:

@@ -147,6 +147,27 @@ def test_it_counts_code_0_when_the_client_leaves_first(state):
 
 
 @pytest.mark.urls(__name__)
+@pytest.mark.parametrize("path", ["/t/ok", "/api/v2/anything"])  # the site's chain and the API's
+def test_it_counts_code_0_when_the_client_leaves_before_its_request_is_read(state, path):
+    from coderd.asgi import application
+
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.disconnect"}  # gone before the server read the request
+
+    async def send(message):
+        sent.append(message)
+
+    async_to_sync(application)(_scope("GET", path), receive, send)
+    assert sent == []  # nobody to answer
+    route = "/t/ok" if path == "/t/ok" else ""  # no route matches the second (legacy names: "")
+    assert value(state, "coderd_api_requests_processed_total", code="0", method="GET", path=route) == 1
+    assert value(state, "coderd_api_request_latencies_seconds_count", method="GET", path=route) == 1
+    assert value(state, "coderd_api_concurrent_requests") == 0
+
+
+@pytest.mark.urls(__name__)
 def test_it_labels_an_invented_method_other(state):
     assert request("BREW", "/t/ok") == 403  # CSRF refuses an unsafe method
     assert value(state, "coderd_api_requests_processed_total", code="403", method="OTHER", path="/t/ok") == 1
