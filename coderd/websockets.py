@@ -280,15 +280,29 @@ async def _cancel_and_wait(tasks: Collection[asyncio.Future], scope: dict[str, A
         task.add_done_callback(_retrieve)
     if pending:
         log.warning(
-            "websocket %s: %d task(s) did not end within %.0f s of being cancelled; left behind: %s",
+            "websocket %s: %d task(s) did not end within %g s of being cancelled; left behind: %s",
             scope.get("path"),
             len(pending),
             LAYER_TIMEOUT_SECONDS,
-            ", ".join(sorted(repr(t.get_coro()) for t in pending if isinstance(t, asyncio.Task))),
+            "; ".join(_where(t) for t in pending),
         )
     for task in tasks:
         if task.done() and not task.cancelled():
             task.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
+def _where(task: asyncio.Future) -> str:
+    """Where a task waits: the chain of coroutines it awaits, innermost last (a task's own stack
+    shows only its outermost frame)."""
+    frames = []
+    coro = task.get_coro() if isinstance(task, asyncio.Task) else None
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            where = "/".join(frame.f_code.co_filename.rsplit("/", 2)[-2:])
+            frames.append(f"{frame.f_code.co_qualname} ({where}:{frame.f_lineno})")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return " > ".join(frames) or repr(task)
 
 
 def _retrieve(task: asyncio.Future) -> None:

@@ -212,7 +212,7 @@ async def test_it_answers_404_to_an_unknown_websocket_path_when_the_server_can(s
 @pytest.mark.asyncio
 @override_settings(CHANNEL_LAYERS={"default": {"BACKEND": "tests.test_metrics_websockets.CancelDeafLayer"}})
 async def test_it_counts_a_socket_closed_by_the_server_though_its_layer_receive_ignores_the_cancel(
-    state, monkeypatch
+    state, monkeypatch, caplog
 ):
     monkeypatch.setattr(websockets, "LAYER_TIMEOUT_SECONDS", 0.2)
     channel_layers.backends.pop("default", None)  # built again from the overridden settings
@@ -231,6 +231,8 @@ async def test_it_counts_a_socket_closed_by_the_server_though_its_layer_receive_
             state, "coderd_api_requests_processed_total", code="101", method="GET", path="/api/v2/follow"
         )
         assert total == 1
+        # The task left behind is named, down to where it waits.
+        assert "Consumer._layer_receive" in caplog.text and "CancelDeafLayer.receive" in caplog.text
     finally:
         CancelDeafLayer.release.set()  # the receive left behind ends with the test
         await asyncio.sleep(0)
