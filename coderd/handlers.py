@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import io
 import logging
 import os
@@ -157,24 +158,27 @@ class ChainHandler(ASGIHandler):
             async with ThreadSensitiveContext():
                 await self.serve(scope, receive, send, None)
             return
-        async with self.threads.lend() as executor, ThreadSensitiveContext(executor=executor):
-            await self.serve(scope, receive, send, executor)
+        async with self.threads.lend() as executor:
+            thread = RequestThread(executor)
+            async with ThreadSensitiveContext(executor=thread):
+                await self.serve(scope, receive, send, thread)
 
-    async def serve(self, scope: dict, receive, send, thread: Executor | None) -> None:
-        """Django's `ASGIHandler.handle` (5.2), but the request's start and end are queued on its
-        thread instead of awaited there.
+    async def serve(self, scope: dict, receive, send, thread: RequestThread | None) -> None:
+        """Django's `ASGIHandler.handle` (5.2), but the request's start and end are run in its
+        thread without the loop waiting for them.
 
         Django awaits `request_started`'s receivers (closing an obsolete database connection) and
         the response's `close()` (`request_finished`'s receivers, the same) each in a hop to the
         request's thread and back: ~60 µs of the loop's time each, a tenth of an API request. They
         must run in that thread (the connection is its own), before and after the request's other
-        sync code; nothing waits for what they return. `thread` runs one call at a time, in the
-        order submitted (a single-thread executor, or the caller's thread under async_to_sync),
-        so queued there they run exactly where and when Django runs them: the start before the
-        view (queued behind it), the close after it, and before the next request the thread is
-        lent to. A receiver's exception is logged (Django's would have failed the request: the
-        one receiver that does I/O, closing an obsolete connection, swallows database errors).
-        Without `thread` (under async_to_sync), both are awaited, as Django does.
+        sync code; nothing waits for what they return. So the start is deferred to the front of
+        the request's first sync call (the view: one wake-up of the thread for both), and the close
+        is queued on the thread, which runs calls in the order submitted: they run where Django
+        runs them, the start before the request's sync code, the close after it and before that of
+        the next request the thread is lent to. A receiver's exception is logged (Django's would
+        have failed the request: the one receiver that does I/O, closing an obsolete connection,
+        swallows database errors). Without `thread` (under async_to_sync), both are awaited, as
+        Django does.
         """
         try:
             body_file = await self.read_body(receive)
@@ -191,7 +195,7 @@ class ChainHandler(ASGIHandler):
         if thread is None:
             await signals.request_started.asend(sender=self.__class__, scope=scope)
         else:
-            _queue(thread, signals.request_started.send, sender=self.__class__, scope=scope)
+            thread.defer(signals.request_started.send, sender=self.__class__, scope=scope)
         request, error_response = self.create_request(scope, body_file)
         if request is None:
             body_file.close()
@@ -232,28 +236,58 @@ class ChainHandler(ASGIHandler):
             if thread is None:
                 await signals.request_finished.asend(sender=self.__class__)
             else:
-                _queue(thread, signals.request_finished.send, sender=self.__class__)
+                thread.queue(signals.request_finished.send, sender=self.__class__)
         else:
             await _close(thread, response.close)
         body_file.close()
 
 
-async def _close(thread: Executor | None, close: Callable[[], Any]) -> None:
+async def _close(thread: RequestThread | None, close: Callable[[], Any]) -> None:
     if thread is None:
         await sync_to_async(close)()
     else:
-        _queue(thread, close)
+        thread.queue(close)
 
 
-def _queue(thread: Executor, func: Callable[..., Any], **kwargs: Any) -> None:
-    """Run `func` in the request's thread after what is already queued there, without waiting."""
-    thread.submit(contextvars.copy_context().run, func, **kwargs).add_done_callback(_log_failure)
+class RequestThread(Executor):
+    """The thread lent to one request, as that request's sync calls see it (the executor of its
+    `ThreadSensitiveContext`). Submitted from the loop only."""
+
+    def __init__(self, executor: ThreadPoolExecutor) -> None:
+        self._executor = executor
+        self._deferred: list[Callable[[], Any]] = []
+
+    def defer(self, func: Callable[..., Any], **kwargs: Any) -> None:
+        """Run `func` in the thread at the front of the next call submitted (or queued)."""
+        self._deferred.append(functools.partial(contextvars.copy_context().run, func, **kwargs))
+
+    def queue(self, func: Callable[..., Any], **kwargs: Any) -> None:
+        """Run `func` in the thread after what is submitted already, without waiting for it."""
+        self.defer(func, **kwargs)
+        self._executor.submit(_run_deferred, self._take())
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        deferred = self._take()
+        if deferred:
+            return self._executor.submit(_after, deferred, fn, args, kwargs)
+        return self._executor.submit(fn, *args, **kwargs)
+
+    def _take(self) -> list[Callable[[], Any]]:
+        deferred, self._deferred = self._deferred, []
+        return deferred
 
 
-def _log_failure(future: Future) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        exc = future.exception()
-        logger.error("a request's start or end failed", exc_info=(type(exc), exc, exc.__traceback__))
+def _run_deferred(deferred: list[Callable[[], Any]]) -> None:
+    for call in deferred:
+        try:
+            call()
+        except Exception:
+            logger.exception("a request's start or end failed")
+
+
+def _after(deferred: list[Callable[[], Any]], fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    _run_deferred(deferred)
+    return fn(*args, **kwargs)
 
 
 class HTTPApplication:

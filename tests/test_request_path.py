@@ -134,8 +134,9 @@ def test_it_serves_an_authenticated_api_get_in_one_thread_hop(owner: Any, hops: 
     finally:
         threads.close()
     # The view (the token check and the query). The seven sync middlewares of the full chain made
-    # thirteen more; request_started's receivers and the response's close two more, now queued on
-    # the request's thread without the loop waiting (the next test: they still run there, in order).
+    # thirteen more; request_started's receivers and the response's close two more, now run in the
+    # request's thread without the loop waiting: the start in the view's hop, the close queued
+    # behind it (the next test: they still run there, in order).
     assert hops == ["PathView.get_view.<locals>.sync_view_wrapper"], hops
 
 
