@@ -5,18 +5,22 @@ daemons so nothing polls in the background):
     1w-on   gunicorn, 1 worker,  metrics on  (multiprocess mode)
     2w-on   gunicorn, 2 workers, metrics on  (multiprocess mode)
     2w-off  gunicorn, 2 workers, metrics off (the middleware still counts, in plain memory)
-and loads each in interleaved rounds with `wrk -t1`, 8 connections a worker (one thread: on 2 cores the load
-generator must leave the workers the cores) on an authenticated API GET (`/api/v2/users/me` with a
-session token). Each round also reads, from /proc, the CPU time of the server's workers and master
+and loads each in interleaved rounds with `wrk -t1`, 8 connections a worker (one thread: on 2 cores
+the load generator must leave the workers the cores) on an authenticated API GET
+(`/api/v2/users/me` with a session token). Each round also reads, from /proc, the CPU time of the server's workers and master
 and of wrk itself (its rusage), and the machine's idle time. Figures are medians of the rounds:
-- req/s, and the server's CPU time a request (workers + master): the cost, which load barely moves;
-- the cores the server and wrk used: on 2 cores, 2 workers can only go as far as wrk leaves them;
-- 2 workers against 1: throughput, and CPU time a request (equal means the workers do not slow each
-  other down: no lock, SQLite or metrics-file contention; more would show as CPU or as idle cores);
-- multiprocess metrics: CPU time a request, 2w-on against 2w-off.
-Then, in this process, the metric writes of one request (the in-flight gauge up and down, the
-counter, the two latency histograms) with prometheus_client's multiprocess (mmap) values against
-plain ones, in CPU time, and where the difference goes (cProfile). Then, on 2w-on, one URL of each
+- req/s, and the server's CPU time a request (workers + master);
+- the cores the server and wrk used, and those left idle: 2 workers go only as far as the cores
+  they get (wrk's own share, and the machine's other work);
+- 2 workers against 1 (medians of same-round ratios): throughput, req/s per core used, and CPU
+  time a request (equal means the workers do not slow each other down: no lock, SQLite or
+  metrics-file contention; that would show as more CPU a request, or as idle cores);
+- multiprocess metrics: CPU time a request, 2w-on against 2w-off (same-round ratios).
+Then, in this process, where the machine's load weighs alike on both sides: the metric writes of one
+request (the in-flight gauge up and down, the counter, the two latency histograms) with
+prometheus_client's multiprocess (mmap) values against plain ones, in CPU time, and where the
+difference goes (cProfile); and the whole GET through coderd's ASGI application, metrics on
+multiprocess values against plain ones, interleaved rounds. Then, on 2w-on, one URL of each
 of 100 route patterns is requested and the master's listener scraped as Prometheus asks
 (OpenMetrics), timed end to end; and the same scrape's work (merge the worker files, render) done
 by prometheus_client alone and by coderd's path, interleaved, as a ratio.
