@@ -15,6 +15,8 @@ encoder's own):
   a value in any other shape goes through the ORM's own converter and the encoder's rule;
 - on PostgreSQL psycopg's UUID and datetime objects are written by the same rule (`fastjson`);
 - strings go through the encoder's own C escaping (`encode_basestring_ascii`).
+A row read exactly as at an earlier request is sent as the text written then (_RENDERED): clients
+poll, and most rows do not change between two polls.
 tests/test_api_lean_reads.py compares the bytes with workspace_json over model instances, for every
 state, filter and page, on SQLite and PostgreSQL. One difference by design: a job input holding JSON
 null for a name (our writers never store one) is listed as "" rather than null.
