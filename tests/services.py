@@ -188,7 +188,10 @@ class ServerProcess:
         def answered() -> bool:
             self.check_alive()
             try:
-                http_get(url, headers, timeout=2)
+                # A refused connection fails at once; one accepted is waited for (up to 10 s), never
+                # abandoned and resent: under load the server would still serve the abandoned probe,
+                # counted as one more request (code 0 when the client left before it was read).
+                http_get(url, headers, timeout=10)
             except (OSError, urllib.error.URLError):
                 return False
             return True
