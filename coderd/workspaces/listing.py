@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable
 from datetime import datetime
 from json.encoder import encode_basestring_ascii
+from operator import itemgetter
 from typing import Any
 
 from django.db import connection
@@ -245,15 +246,27 @@ def _slot(name: str) -> str:
     return f"\x00{name}\x00"
 
 
-def _template(body: dict[str, Any]) -> str:
-    """`body` as json.dumps writes it (ninja's encoder: the same separators, ASCII only), with each
-    _slot() a `%(name)s` for the row's value, already in JSON."""
-    text = json.dumps(body).replace("%", "%%")
-    return re.sub(r'"\\u0000(\w+)\\u0000"', r"%(\1)s", text)
+class _Template:
+    """`body` as json.dumps writes it (ninja's encoder: the same separators, ASCII only), each
+    _slot() in it filled, when called, with the value of that name (already JSON text). The text is
+    kept as its pieces and joined: `%`-formatting a ~3 KB template scanned all of it for each row,
+    2 to 4 times the time of the join."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        pieces = re.split(r'"\\u0000(\w+)\\u0000"', json.dumps(body))
+        names = pieces[1::2]
+        assert len(names) > 1  # itemgetter of one name gives a value, not a tuple
+        self._pick = itemgetter(*names)
+        self._pieces = pieces  # literal, name, literal, ..., literal: the names replaced by values
+
+    def __call__(self, values: dict[str, str]) -> str:
+        pieces = self._pieces.copy()
+        pieces[1::2] = self._pick(values)
+        return "".join(pieces)
 
 
 # workspace_json's and build_json's shapes, key for key (the test compares the bytes).
-_BUILD = _template(
+_BUILD = _Template(
     {
         **{k: _slot(k) for k in ("id", "created_at", "updated_at", "workspace_id", "workspace_name")},
         "workspace_owner_id": _slot("workspace_owner_id"),
@@ -308,7 +321,7 @@ _BUILD = _template(
         "has_ai_task": False,
     }
 )
-_WORKSPACE = _template(
+_WORKSPACE = _Template(
     {
         **{k: _slot(k) for k in ("id", "created_at", "updated_at", "owner_id", "owner_name")},
         "owner_avatar_url": "",
@@ -454,63 +467,68 @@ def _render(rows: list[tuple], now: datetime) -> tuple[list[str], list[bool]]:
             job_type = row[33]
             build_created = time_text(row[14])
             transition = row[19]
-            build = _BUILD % {
-                "id": uuid_text(row[13]),
-                "created_at": build_created,
-                "updated_at": time_text(row[15]),
-                "workspace_id": ws_id,
-                "workspace_name": ws_name,
-                "workspace_owner_id": owner_id,
-                "workspace_owner_name": owner_name,
-                "template_version_id": uuid_text(row[16]),
-                "template_version_name": q(row[17]),
-                "build_number": int.__repr__(row[18]),
-                "transition": q(transition),
-                "initiator_id": _ZERO if row[20] is None else uuid_text(row[20]),
-                "initiator_name": '""' if row[20] is None else q(row[21]),
-                "job_id": uuid_text(job_id),
-                "job_created_at": time_text(row[23]),
-                "job_started_at": time_text(row[24]),
-                "job_completed_at": time_text(row[25]),
-                "job_canceled_at": time_text(row[26]),
-                "job_error": q(row[28]),
-                "job_status": q(status),
-                "job_worker_id": uuid_text(row[29]),
-                "job_worker_name": '""' if row[29] is None else q(row[30]),
-                "job_queue_position": int.__repr__(position),
-                "job_queue_size": int.__repr__(size),
-                "job_organization_id": uuid_text(row[31]),
-                "job_initiator_id": _ZERO if row[32] is None else uuid_text(row[32]),
-                "job_input_template_version_id": in_tv,
-                "job_input_workspace_build_id": in_build,
-                "job_type": q(job_type),
-                "job_template_version_name": '""' if in_tv_name == "null" else in_tv_name,
-                "job_template_id": template_id,
-                "job_template_name": template_name,
-                "job_template_display_name": template_display_name,
-                "job_workspace_id": in_ws if job_type == JobType.WORKSPACE_BUILD else "null",
-                "job_workspace_name": '""' if in_ws_name == "null" else in_ws_name,
-                "status": q(_workspace_status(transition, status)),
-            }
+            build = _BUILD(
+                {
+                    "id": uuid_text(row[13]),
+                    "created_at": build_created,
+                    "updated_at": time_text(row[15]),
+                    "workspace_id": ws_id,
+                    "workspace_name": ws_name,
+                    "workspace_owner_id": owner_id,
+                    "workspace_owner_name": owner_name,
+                    "template_version_id": uuid_text(row[16]),
+                    "template_version_name": q(row[17]),
+                    "build_number": int.__repr__(row[18]),
+                    "transition": q(transition),
+                    "initiator_id": _ZERO if row[20] is None else uuid_text(row[20]),
+                    "initiator_name": '""' if row[20] is None else q(row[21]),
+                    "job_id": uuid_text(job_id),
+                    "job_created_at": time_text(row[23]),
+                    "job_started_at": time_text(row[24]),
+                    "job_completed_at": time_text(row[25]),
+                    "job_canceled_at": time_text(row[26]),
+                    "job_error": q(row[28]),
+                    "job_status": q(status),
+                    "job_worker_id": uuid_text(row[29]),
+                    "job_worker_name": '""' if row[29] is None else q(row[30]),
+                    "job_queue_position": int.__repr__(position),
+                    "job_queue_size": int.__repr__(size),
+                    "job_organization_id": uuid_text(row[31]),
+                    "job_initiator_id": _ZERO if row[32] is None else uuid_text(row[32]),
+                    "job_input_template_version_id": in_tv,
+                    "job_input_workspace_build_id": in_build,
+                    "job_type": q(job_type),
+                    "job_template_version_name": '""' if in_tv_name == "null" else in_tv_name,
+                    "job_template_id": template_id,
+                    "job_template_name": template_name,
+                    "job_template_display_name": template_display_name,
+                    "job_workspace_id": in_ws if job_type == JobType.WORKSPACE_BUILD else "null",
+                    "job_workspace_name": '""' if in_ws_name == "null" else in_ws_name,
+                    "status": q(_workspace_status(transition, status)),
+                }
+            )
         listed.append(
-            _WORKSPACE
-            % {
-                "id": ws_id,
-                "created_at": created,
-                "updated_at": time_text(row[2]),
-                "owner_id": owner_id,
-                "owner_name": owner_name,
-                "organization_id": uuid_text(row[5]),
-                "organization_name": q(row[6]),
-                "template_id": template_id,
-                "template_name": template_name,
-                "template_display_name": template_display_name,
-                "template_active_version_id": _ZERO if active_version is None else uuid_text(active_version),
-                "latest_build": build,
-                "outdated": "true" if status is not None and row[16] != active_version else "false",
-                "name": ws_name,
-                "last_used_at": created if status is None else build_created,
-                "deleted": "true" if row[12] else "false",
-            }
+            _WORKSPACE(
+                {
+                    "id": ws_id,
+                    "created_at": created,
+                    "updated_at": time_text(row[2]),
+                    "owner_id": owner_id,
+                    "owner_name": owner_name,
+                    "organization_id": uuid_text(row[5]),
+                    "organization_name": q(row[6]),
+                    "template_id": template_id,
+                    "template_name": template_name,
+                    "template_display_name": template_display_name,
+                    "template_active_version_id": _ZERO
+                    if active_version is None
+                    else uuid_text(active_version),
+                    "latest_build": build,
+                    "outdated": "true" if status is not None and row[16] != active_version else "false",
+                    "name": ws_name,
+                    "last_used_at": created if status is None else build_created,
+                    "deleted": "true" if row[12] else "false",
+                }
+            )
         )
     return listed, settled
