@@ -225,18 +225,27 @@ def test_it_lists_each_members_own_workspaces_from_the_kept_query(
     member: Any, other_member: Any, owner: Any, workspace_for: Any, api_as: Any
 ) -> None:
     workspace_for(member, name="mine")
+    workspace_for(member, name="mine-too")
     workspace_for(other_member, name="theirs")
     clients = {member.username: api_as(member), other_member.username: api_as(other_member)}
-    expected = {member.username: ["mine"], other_member.username: ["theirs"]}
+    expected = {member.username: ["mine", "mine-too"], other_member.username: ["theirs"]}
     for _ in range(2):  # the second time round, each list comes from the SQL the first one kept
         for name, client in clients.items():
-            for path in ("workspaces", "workspaces?limit=1", "workspaces?offset=0&limit=50"):
-                listed = client.get(path).json()["workspaces"]
-                assert [w["name"] for w in listed] == expected[name], (name, path)
+            for path, shown in (
+                ("workspaces", 50),
+                ("workspaces?limit=1", 1),
+                ("workspaces?offset=0&limit=50", 50),
+            ):
+                body = client.get(path).json()
+                assert [w["name"] for w in body["workspaces"]] == expected[name][:shown], (name, path)
+                # A full page (limit=1) is counted, from the count's kept SQL: each its own.
+                assert body["count"] == len(expected[name]), (name, path)
         assert sorted(w["name"] for w in api_as(owner).get("workspaces").json()["workspaces"]) == [
             "mine",
+            "mine-too",
             "theirs",
         ]
+        assert api_as(owner).get("workspaces?limit=1").json()["count"] == 3
 
 
 @pytest.fixture
