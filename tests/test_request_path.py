@@ -435,3 +435,20 @@ def test_it_reuses_postgresql_connections_and_drops_a_dead_one(
             assert api(base, "GET", "users/me", token=token)["username"] == "a"
     finally:
         server.stop()
+
+
+def test_it_serves_with_a_copy_of_the_django_handler_it_was_written_against() -> None:
+    # ChainHandler.serve and listen_for_disconnect are Django 5.2's ASGIHandler.handle and
+    # listen_for_disconnect with the changes their docstrings give. A Django whose handler differs
+    # (a fix in body reading, disconnects, signals) must be read and carried into the copy before
+    # it is used: this fails until then, with the new source's fingerprints to put below.
+    import hashlib
+    import inspect
+
+    from django.core.handlers.asgi import ASGIHandler
+
+    fingerprints = {
+        name: hashlib.sha256(inspect.getsource(getattr(ASGIHandler, name)).encode()).hexdigest()[:16]
+        for name in ("handle", "listen_for_disconnect")
+    }
+    assert fingerprints == {"handle": "98faeb5bef800331", "listen_for_disconnect": "c729aa315c734f98"}
