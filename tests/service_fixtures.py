@@ -94,26 +94,24 @@ def redis_url() -> Iterator[str]:
         server.stop()
 
 
+def _binary(name: str) -> str:
+    binary = shutil.which(name)
+    if binary is None:
+        missing(name)
+    return binary
+
+
 @pytest.fixture(scope="session")
 def prometheus_bin() -> str:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        missing("prometheus")
-    return binary
+    return _binary("prometheus")
 
 
 @pytest.fixture(scope="session")
 def chromium_bin() -> str:
     """Debian's chromium (installed by .ci/run): headless, for pages as a browser renders them."""
-    binary = shutil.which("chromium")
-    if binary is None:
-        missing("chromium")
-    return binary
+    return _binary("chromium")
 
 
 @pytest.fixture(scope="session")
 def promtool_bin() -> str:
-    binary = shutil.which("promtool")
-    if binary is None:
-        missing("promtool")
-    return binary
+    return _binary("promtool")
